@@ -1,0 +1,64 @@
+"""The adapter contract: the thin layer that knows one detection framework."""
+from __future__ import annotations
+
+import abc
+from typing import Any, Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from argos.structures import Detections
+
+__all__ = ["Adapter"]
+
+
+class Adapter(abc.ABC):
+    """Wraps one detector so argos can run it on full frames, masked frames or crops.
+
+    Images handed to an adapter are already validated: ``np.ndarray[H, W, 3]`` uint8 RGB.
+
+    Attributes:
+        names (dict[int, str]): class id -> class name of the wrapped model.
+        stride (int): the model's largest stride; input sizes are multiples of it.
+        pad_value (int): uint8 grey level the model was trained to see as padding; the
+            ``masked`` executor paints inactive pixels with it.
+        img_size (int): long side of the network input, in pixels.
+        device (torch.device): where the model runs.
+    """
+
+    names: Dict[int, str]
+    stride: int = 32
+    pad_value: int = 114
+    img_size: int = 640
+    device: torch.device = torch.device("cpu")
+
+    @property
+    @abc.abstractmethod
+    def module(self) -> nn.Module:
+        """The ``nn.Module`` that runs in :meth:`forward` (what ``gather_scatter`` rewrites)."""
+
+    @abc.abstractmethod
+    def preprocess(self, images: Sequence[np.ndarray]) -> Tuple[torch.Tensor, List[Any]]:
+        """Images -> (batch Tensor[B, 3, h, w] float, per-image metas for mapping back)."""
+
+    @abc.abstractmethod
+    def forward(self, batch: torch.Tensor) -> Any:
+        """Run the network on a preprocessed batch; returns the raw output."""
+
+    @abc.abstractmethod
+    def postprocess(self, raw: Any, metas: List[Any]) -> List[Detections]:
+        """Raw output -> one :class:`Detections` per image, in original-image pixels."""
+
+    @abc.abstractmethod
+    def flops(self, input_hw: Tuple[int, int]) -> float:
+        """GFLOPs (2 x multiply-accumulates) of one forward at network input ``(h, w)``."""
+
+    @torch.inference_mode()
+    def predict(self, images: Sequence[np.ndarray]) -> List[Detections]:
+        """Full pipeline on a list of images."""
+        batch, metas = self.preprocess(images)
+        return self.postprocess(self.forward(batch), metas)
+
+    def __call__(self, images: Sequence[np.ndarray]) -> List[Detections]:
+        return self.predict(images)

@@ -1,0 +1,139 @@
+"""Command line: ``argos bench``, ``argos demo``, ``argos list``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+__all__ = ["main"]
+
+
+def _kv(items: Optional[List[str]]) -> dict:
+    """``["dilation=8", "source=masks"]`` -> ``{"dilation": 8, "source": "masks"}`` (JSON values)."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"expected KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _add_bench_args(p: argparse.ArgumentParser, defaults: bool = False) -> None:
+    p.add_argument("--images", required=not defaults, help="folder of images")
+    p.add_argument("--annotations", required=not defaults, help="COCO instances JSON")
+    p.add_argument("--detector", default="yolov5", help="adapter name (default: yolov5)")
+    p.add_argument("--weights", default=None, help="detector checkpoint (.pt)")
+    p.add_argument("--cfg", default=None, help="ultralytics model yaml instead of weights (random init, timing only)")
+    p.add_argument("--proposer", default="oracle")
+    p.add_argument("--executor", default="masked")
+    p.add_argument("--img-size", type=int, default=640)
+    p.add_argument("--limit", type=int, default=None, help="first N images only")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (fix it for stable timings)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--classes", nargs="+", default=None, help="class names that count as foreground")
+    p.add_argument("--proposer-opt", nargs="+", metavar="KEY=VALUE", help="proposer options, e.g. dilation=8")
+    p.add_argument("--executor-opt", nargs="+", metavar="KEY=VALUE", help="executor options")
+    p.add_argument("--json", default=None, help="write every figure to this JSON file")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _config(args):
+    from argos.bench import BenchConfig
+
+    if args.cfg and args.weights:
+        raise SystemExit("give --weights or --cfg, not both")
+    proposer_kwargs = _kv(args.proposer_opt)
+    return BenchConfig(
+        images=args.images, annotations=args.annotations, detector=args.detector,
+        weights=args.weights or args.cfg, proposer=args.proposer, executor=args.executor,
+        img_size=args.img_size, limit=args.limit, threads=args.threads, warmup=args.warmup,
+        classes=args.classes, proposer_kwargs=proposer_kwargs, executor_kwargs=_kv(args.executor_opt),
+    )
+
+
+def cmd_bench(args) -> int:
+    from argos.bench import format_table, run_bench, write_json
+
+    result = run_bench(_config(args), progress=not args.no_progress)
+    print(format_table(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from argos.assets import AssetMissing, asset_path
+    from argos.bench import BenchConfig, format_table, run_bench, write_json
+    from argos.viz import draw_overlay, save_grid
+
+    try:
+        images = asset_path("data/coco128/images/train2017")
+        annotations = asset_path("data/coco128/annotations/instances_train2017.json")
+        weights = asset_path("weights/yolov5n.pt")
+    except AssetMissing as err:
+        print(f"argos demo: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    cfg = BenchConfig(images=str(images), annotations=str(annotations), weights=str(weights),
+                      proposer="oracle", executor="masked", limit=args.limit, threads=args.threads,
+                      proposer_kwargs={"dilation": args.dilation})
+    result = run_bench(cfg, progress=not args.no_progress, keep=args.overlays)
+    print(format_table(result))
+    write_json(result, str(out / "bench.json"))
+    samples, names = result["_samples"], result["_names"]
+    tiles = [draw_overlay(s["image"], s["proposals"], s["argos"], names, baseline=s["baseline"]) for s in samples]
+    if tiles:
+        png = save_grid(tiles, str(out / "overlay.png"))
+        print(f"wrote {out / 'bench.json'} and {png} (dimmed: not processed; green: argos; red: unwrapped detector)")
+    return 0
+
+
+def cmd_list(args) -> int:
+    import argos
+
+    print("proposers:", ", ".join(argos.list_proposers()))
+    print("executors:", ", ".join(argos.list_executors()))
+    print("adapters: ", ", ".join(argos.list_adapters()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="argos", description="Run detectors only where objects may be.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("bench", help="baseline vs argos, interleaved, on a COCO-format dataset")
+    _add_bench_args(p)
+    p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("demo", help="bench + overlays on the bundled assets (ARGOS_ASSETS, default ../shared)")
+    p.add_argument("--limit", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dilation", default=8, type=int, help="oracle margin in pixels")
+    p.add_argument("--overlays", type=int, default=4)
+    p.add_argument("--out", default="outputs/demo")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("list", help="registered proposers, executors and adapters")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"argos {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""``argos.wrap``: one line from a detector to a region-proposal-driven detector."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from torch import nn
+
+from argos.adapters.base import Adapter
+from argos.executors.base import Executor
+from argos.io import as_image_list
+from argos.proposers.base import Proposer
+from argos.registry import ADAPTERS, EXECUTORS, PROPOSERS
+from argos.structures import Detections, RegionProposals
+
+__all__ = ["wrap", "Wrapped", "FrameStats", "build_adapter"]
+
+
+@dataclass
+class FrameStats:
+    """What the last call cost. Times are wall-clock ms for the whole call (all images);
+    ``area_processed`` and GFLOPs are means per image."""
+
+    images: int = 0
+    area_processed: float = 0.0
+    regions: int = 0
+    proposer_ms: float = 0.0
+    detector_ms: float = 0.0
+    overhead_ms: float = 0.0
+    total_ms: float = 0.0
+    gflops: float = 0.0
+    gflops_proposer: float = 0.0
+    per_image_area: List[float] = field(default_factory=list)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+class Wrapped:
+    """A detector that runs only where its proposer says objects may be.
+
+    Call it with one image (HWC uint8 RGB array, CHW tensor or path) to get :class:`Detections`,
+    or with a list to get a list. ``last_stats`` describes the last call.
+
+    Args:
+        adapter: the detector.
+        proposer: the region proposer.
+        executor: how the detector runs on the regions.
+        channel_order: ``"rgb"`` or ``"bgr"`` for numpy inputs (OpenCV frames are BGR).
+    """
+
+    def __init__(self, adapter: Adapter, proposer: Proposer, executor: Executor, channel_order: str = "rgb") -> None:
+        if channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
+        self.adapter, self.proposer, self.executor = adapter, proposer, executor
+        self.channel_order = channel_order
+        self.last_stats = FrameStats()
+        self.last_proposals: List[RegionProposals] = []
+
+    def __call__(self, images: Any, targets: Optional[Sequence[Any]] = None) -> Union[Detections, List[Detections]]:
+        """Detect objects. ``targets`` (ground truth, one per image) only feeds the ``oracle`` proposer."""
+        batch, single = as_image_list(images, self.channel_order)
+        if single and targets is not None and not isinstance(targets, (list, tuple)):
+            targets = [targets]
+        t0 = time.perf_counter()
+        proposals = self.proposer.propose(batch, targets)
+        t1 = time.perf_counter()
+        dets = self.executor.run(self.adapter, batch, proposals)
+        t2 = time.perf_counter()
+        ex = self.executor.last_stats
+        areas = [p.area_fraction for p in proposals]
+        proposer_ms, total_ms = (t1 - t0) * 1e3, (t2 - t0) * 1e3
+        self.last_proposals = proposals
+        self.last_stats = FrameStats(
+            images=len(batch),
+            area_processed=sum(areas) / len(areas),
+            regions=sum(len(p.boxes) for p in proposals),
+            proposer_ms=proposer_ms,
+            detector_ms=ex.get("detector_ms", 0.0),
+            overhead_ms=max(0.0, total_ms - proposer_ms - ex.get("detector_ms", 0.0)),
+            total_ms=total_ms,
+            gflops=sum(ex.get("gflops", [0.0])) / len(batch),
+            gflops_proposer=sum(p.gflops for p in proposals) / len(proposals),
+            per_image_area=areas,
+        )
+        return dets[0] if single else dets
+
+    def __repr__(self) -> str:
+        return (
+            f"Wrapped(adapter={type(self.adapter).__name__}, proposer={type(self.proposer).__name__}, "
+            f"executor={type(self.executor).__name__})"
+        )
+
+
+def build_adapter(detector: Any, **adapter_kwargs: Any) -> Adapter:
+    """Adapter from a registered name, a checkpoint path, an ultralytics ``YOLO``, a yolov5 hub
+    model, or an :class:`Adapter` instance (returned as is)."""
+    if isinstance(detector, Adapter):
+        if adapter_kwargs:
+            raise ValueError(f"options {sorted(adapter_kwargs)} cannot be applied to an adapter instance")
+        return detector
+    if isinstance(detector, (str, Path)):
+        name = str(detector)
+        if name in ADAPTERS:
+            return ADAPTERS.build(name, **adapter_kwargs)
+        if name.endswith((".pt", ".pth")):
+            if not Path(name).exists():
+                raise FileNotFoundError(f"detector checkpoint not found: {name}")
+            return ADAPTERS.build("yolov5", weights=name, **adapter_kwargs)
+        ADAPTERS.get(name)  # raises ValueError listing the valid names
+    if _is_ultralytics_yolo(detector) or (
+        isinstance(detector, nn.Module) and hasattr(detector, "names") and hasattr(detector, "stride")
+    ):
+        return ADAPTERS.build("yolov5", model=detector, **adapter_kwargs)
+    raise TypeError(
+        "detector must be an adapter name (one of: " + ", ".join(ADAPTERS.names()) + "), a checkpoint path, "
+        f"an ultralytics YOLO object, a yolov5 hub model or an argos Adapter; got {type(detector).__name__}"
+    )
+
+
+def _is_ultralytics_yolo(obj: Any) -> bool:
+    return any(c.__module__.startswith("ultralytics") and c.__name__ in ("YOLO", "Model") for c in type(obj).__mro__)
+
+
+def _build(registry, spec, base, kwargs):
+    if isinstance(spec, base):
+        if kwargs:
+            raise ValueError(f"options {sorted(kwargs)} cannot be applied to a {registry.kind} instance")
+        return spec
+    if isinstance(spec, str):
+        return registry.build(spec, **kwargs)
+    raise TypeError(f"{registry.kind} must be a name ({', '.join(registry.names())}) or a {base.__name__}, got {type(spec).__name__}")
+
+
+def wrap(
+    detector: Any,
+    proposer: Union[str, Proposer] = "full",
+    executor: Union[str, Executor] = "masked",
+    *,
+    proposer_kwargs: Optional[Dict[str, Any]] = None,
+    executor_kwargs: Optional[Dict[str, Any]] = None,
+    channel_order: str = "rgb",
+    **adapter_kwargs: Any,
+) -> Wrapped:
+    """Wrap a detector: ``argos.wrap("yolov5", weights="yolov5n.pt", proposer="motion")``.
+
+    Args:
+        detector: adapter name, checkpoint path, ultralytics ``YOLO``, yolov5 hub model or Adapter.
+        proposer, executor: registered names or instances.
+        proposer_kwargs, executor_kwargs: options for the named proposer / executor.
+        channel_order: ``"rgb"`` or ``"bgr"`` for numpy frames.
+        **adapter_kwargs: options for the adapter (``weights``, ``img_size``, ``conf``, ...).
+    """
+    adapter = build_adapter(detector, **adapter_kwargs)
+    prop = _build(PROPOSERS, proposer, Proposer, proposer_kwargs or {})
+    ex = _build(EXECUTORS, executor, Executor, executor_kwargs or {})
+    return Wrapped(adapter, prop, ex, channel_order=channel_order)
