@@ -1,0 +1,103 @@
+"""COCO box mAP through pycocotools."""
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Dict, Iterable, List, Optional
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from argos.structures import Detections
+
+__all__ = ["detections_to_coco", "evaluate_coco"]
+
+_KEYS = ("map50_95", "map50", "map75", "map_small", "map_medium", "map_large")
+
+
+def detections_to_coco(dets: Detections, image_id: int, label_map: Dict[int, int]) -> List[dict]:
+    """One image's detections -> COCO result dicts.
+
+    Args:
+        dets: boxes ``xyxy`` in original-image pixels, labels in model class ids.
+        image_id: COCO image id.
+        label_map: model class id -> COCO category id (see ``CocoDataset.label_map``).
+
+    Returns:
+        ``[{"image_id", "category_id", "bbox": [x, y, w, h] pixels, "score"}, ...]``.
+    """
+    out = dets.numpy()
+    boxes, scores, labels = out["boxes"].astype(np.float64), out["scores"], out["labels"]
+    unknown = sorted({int(l) for l in labels} - set(label_map))
+    if unknown:
+        raise ValueError(f"detection label(s) {unknown} have no entry in label_map")
+    results = []
+    for (x1, y1, x2, y2), s, l in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+        results.append(
+            {
+                "image_id": int(image_id),
+                "category_id": int(label_map[l]),
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "score": float(s),
+            }
+        )
+    return results
+
+
+def evaluate_coco(
+    coco_gt: COCO,
+    results: List[dict],
+    image_ids: Optional[Iterable[int]] = None,
+    verbose: bool = False,
+) -> Dict[str, float]:
+    """Box mAP of ``results`` against ``coco_gt`` (pycocotools ``COCOeval``, iouType ``bbox``).
+
+    Args:
+        coco_gt: ground truth, e.g. ``CocoDataset.coco``.
+        results: COCO result dicts (see :func:`detections_to_coco`); not modified.
+        image_ids: evaluate only these images (default: all images of ``coco_gt``).
+        verbose: print pycocotools' summary table.
+
+    Returns:
+        ``{"map50_95", "map50", "map75", "map_small", "map_medium", "map_large"}`` in [0, 1].
+        With no results every value is 0.0. As in pycocotools, a size bucket without ground
+        truth scores -1.0.
+    """
+    known_images = set(coco_gt.getImgIds())
+    if image_ids is not None:
+        image_ids = sorted({int(i) for i in image_ids})
+        missing = [i for i in image_ids if i not in known_images]
+        if missing:
+            raise ValueError(f"image_ids not in the ground truth: {missing[:10]}")
+    if not results or (image_ids is not None and not image_ids):
+        return {k: 0.0 for k in _KEYS}
+    unknown_images = sorted({int(r["image_id"]) for r in results} - known_images)
+    if unknown_images:
+        raise ValueError(f"results refer to image ids not in the ground truth: {unknown_images[:10]}")
+    known_cats = set(coco_gt.getCatIds())
+    unknown_cats = sorted({int(r["category_id"]) for r in results} - known_cats)
+    if unknown_cats:
+        # COCOeval would silently skip them; that is almost always a wrong label map.
+        raise ValueError(f"results refer to category ids not in the ground truth: {unknown_cats[:10]}")
+
+    # loadRes adds keys (area, id, segmentation) to the dicts it gets, so hand it copies.
+    results = [dict(r, bbox=list(r["bbox"])) for r in results]
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with quiet:
+        coco_dt = coco_gt.loadRes(results)
+        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        if image_ids is not None:
+            evaluator.params.imgIds = image_ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    stats = evaluator.stats
+    return {
+        "map50_95": float(stats[0]),
+        "map50": float(stats[1]),
+        "map75": float(stats[2]),
+        "map_small": float(stats[3]),
+        "map_medium": float(stats[4]),
+        "map_large": float(stats[5]),
+    }
