@@ -135,8 +135,14 @@ def run_bench(cfg: BenchConfig, progress: bool = True, keep: int = 0) -> Dict[st
                             "file_name": s.file_name})
 
     image_ids = [dataset.image_ids[i] for i in range(n)]
-    mb = evaluate_coco(dataset.coco, base_res, image_ids=image_ids)
-    ma = evaluate_coco(dataset.coco, argos_res, image_ids=image_ids)
+    # With a class filter, both sides are scored on those classes only.
+    cat_ids = dataset.class_ids if cfg.classes else None
+    mb = evaluate_coco(dataset.coco, base_res, image_ids=image_ids, cat_ids=cat_ids)
+    ma = evaluate_coco(dataset.coco, argos_res, image_ids=image_ids, cat_ids=cat_ids)
+    if cat_ids is not None:
+        keep = torch.tensor(sorted(cat_ids))
+        base_dets = [d[torch.isin(d.labels, keep)] for d in base_dets]
+        argos_dets = [d[torch.isin(d.labels, keep)] for d in argos_dets]
     pb = precision_recall(base_dets, gts)
     pa = precision_recall(argos_dets, gts)
     rs = regions.summary()

@@ -50,6 +50,7 @@ def evaluate_coco(
     results: List[dict],
     image_ids: Optional[Iterable[int]] = None,
     verbose: bool = False,
+    cat_ids: Optional[Iterable[int]] = None,
 ) -> Dict[str, float]:
     """Box mAP of ``results`` against ``coco_gt`` (pycocotools ``COCOeval``, iouType ``bbox``).
 
@@ -58,6 +59,7 @@ def evaluate_coco(
         results: COCO result dicts (see :func:`detections_to_coco`); not modified.
         image_ids: evaluate only these images (default: all images of ``coco_gt``).
         verbose: print pycocotools' summary table.
+        cat_ids: evaluate only these categories; results of other categories are ignored.
 
     Returns:
         ``{"map50_95", "map50", "map75", "map_small", "map_medium", "map_large"}`` in [0, 1].
@@ -81,6 +83,11 @@ def evaluate_coco(
         # COCOeval would silently skip them; that is almost always a wrong label map.
         raise ValueError(f"results refer to category ids not in the ground truth: {unknown_cats[:10]}")
 
+    if cat_ids is not None:
+        cat_ids = sorted({int(c) for c in cat_ids})
+        results = [r for r in results if int(r["category_id"]) in set(cat_ids)]
+        if not results:
+            return {k: 0.0 for k in _KEYS}
     # loadRes adds keys (area, id, segmentation) to the dicts it gets, so hand it copies.
     results = [dict(r, bbox=list(r["bbox"])) for r in results]
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
@@ -89,6 +96,8 @@ def evaluate_coco(
         evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
         if image_ids is not None:
             evaluator.params.imgIds = image_ids
+        if cat_ids is not None:
+            evaluator.params.catIds = cat_ids
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

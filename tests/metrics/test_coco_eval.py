@@ -105,3 +105,12 @@ def test_coco128_perfect_predictions(coco128):
     assert evaluate_coco(coco128.coco, subset)["map50_95"] < 0.9
     rest = [i for i in coco128.image_ids if i not in kept]
     assert evaluate_coco(coco128.coco, subset, image_ids=rest)["map50_95"] == pytest.approx(1.0)
+
+
+def test_cat_ids_restricts_scoring():
+    gt = _gt()
+    perfect = [_result(1, [10, 10, 20, 20]), _result(2, [40, 40, 50, 50])]
+    noise = [_result(1, [60, 60, 10, 10], score=0.99, category_id=9)]
+    # Category 9 has no ground truth: restricting to 5 ignores the stray 'b' box entirely.
+    assert evaluate_coco(gt, perfect + noise, cat_ids=[5])["map50_95"] == pytest.approx(1.0)
+    assert evaluate_coco(gt, noise, cat_ids=[5])["map50_95"] == 0.0
