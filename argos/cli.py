@@ -92,7 +92,7 @@ def cmd_demo(args) -> int:
     tiles = [draw_overlay(s["image"], s["proposals"], s["argos"], names, baseline=s["baseline"]) for s in samples]
     if tiles:
         png = save_grid(tiles, str(out / "overlay.png"))
-        print(f"wrote {out / 'bench.json'} and {png} (dimmed: not processed; green: argos; red: unwrapped detector)")
+        print(f"wrote {out / 'bench.json'} and {png} (dimmed: not processed; blue: proposals; green: argos; red: unwrapped detector)")
     return 0
 
 

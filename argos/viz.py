@@ -26,7 +26,7 @@ def draw_overlay(
 ) -> np.ndarray:
     """RGB image (H, W, 3) uint8 -> annotated copy.
 
-    Inactive pixels are dimmed, proposal boxes are orange-blue outlines, argos detections green,
+    Inactive pixels are dimmed, proposal boxes thin light-blue outlines, argos detections green,
     and (optionally) baseline detections red and thin, so disagreements stand out.
     """
     out = image.copy()

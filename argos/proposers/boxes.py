@@ -47,7 +47,8 @@ def dilate_boxes(
     if isinstance(dilation, str):
         if dilation != "adaptive":
             raise ValueError(f"dilation must be a number of pixels or 'adaptive', got {dilation!r}")
-        margin = torch.ceil(adaptive_margin(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1], **adaptive_kwargs))
+        margin = adaptive_margin(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1], **adaptive_kwargs)
+        margin = torch.ceil(margin - 1e-4)  # 30.000001 from float error is a 30-pixel margin
         margin = margin[:, None]
     else:
         if dilation < 0:
