@@ -1,0 +1,69 @@
+import json
+
+import pytest
+
+from argos.cli import main
+
+GUIDE_KEYS = {
+    "baseline": {"map50", "map50_95", "precision", "recall", "gflops", "latency_ms"},
+    "argos": {"map50", "map50_95", "precision", "recall", "gflops", "gflops_proposer", "area_processed",
+              "regions_detected", "latency_ms"},
+}
+
+
+def _bench_args(assets, weights, *extra):
+    return [
+        "bench", "--images", str(assets / "data/coco128/images/train2017"),
+        "--annotations", str(assets / "data/coco128/annotations/instances_train2017.json"),
+        "--weights", str(weights), "--limit", "4", "--warmup", "0", "--threads", "2", "--no-progress", *extra,
+    ]
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "oracle" in out and "masked" in out and "yolov5" in out
+
+
+def test_bench_full_masked_matches_baseline(assets, yolov5n_weights, tmp_path, capsys, coco128):
+    out = tmp_path / "b.json"
+    assert main(_bench_args(assets, yolov5n_weights, "--proposer", "full", "--executor", "masked", "--json", str(out))) == 0
+    r = json.loads(out.read_text())
+    for side, keys in GUIDE_KEYS.items():
+        assert keys <= set(r[side]), f"{side} misses {keys - set(r[side])}"
+    assert {"median", "proposer", "detector", "overhead"} <= set(r["argos"]["latency_ms"])
+    assert r["images"] == 4 and "speedup" in r and "recall_vs_baseline@0.5" in r["agreement"]
+    assert r["argos"]["map50_95"] == pytest.approx(r["baseline"]["map50_95"], abs=5e-4)
+    assert r["baseline"]["map50_95"] > 0.2
+    assert r["argos"]["area_processed"] == 1.0 and r["agreement"]["recall_vs_baseline@0.5"] == 1.0
+    assert "speedup" in capsys.readouterr().out
+
+
+def test_bench_oracle_covers_every_object(assets, yolov5n_weights, tmp_path):
+    out = tmp_path / "o.json"
+    assert main(_bench_args(assets, yolov5n_weights, "--proposer", "oracle", "--proposer-opt", "dilation=4",
+                            "--json", str(out))) == 0
+    r = json.loads(out.read_text())
+    assert r["argos"]["regions_detected"] == 1.0
+    assert 0.0 < r["argos"]["area_processed"] < 0.9
+    assert r["config"]["proposer_kwargs"] == {"dilation": 4}
+
+
+def test_bench_bad_input_is_a_clear_error(tmp_path, capsys):
+    assert main(["bench", "--images", str(tmp_path), "--annotations", str(tmp_path / "nope.json")]) == 2
+    assert "nope.json" in capsys.readouterr().err
+
+
+def test_demo_without_assets(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("ARGOS_ASSETS", str(tmp_path / "nowhere"))
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 2
+    assert "ARGOS_ASSETS" in capsys.readouterr().err
+
+
+def test_demo_writes_overlay(assets, yolov5n_weights, tmp_path):
+    assert main(["demo", "--limit", "2", "--overlays", "2", "--out", str(tmp_path), "--no-progress"]) == 0
+    import cv2
+
+    png = cv2.imread(str(tmp_path / "overlay.png"))
+    assert png is not None and png.shape[0] > 100
+    assert json.loads((tmp_path / "bench.json").read_text())["images"] == 2
