@@ -1,20 +1,30 @@
 """``argos bench``: the unwrapped detector and argos measured interleaved on one dataset.
 
+Two sources:
+- a COCO-format dataset (``images`` + ``annotations``): accuracy against ground truth;
+- a video (``video``), where the ground truth is the unwrapped detector's own detections
+  (score >= ``gt_score``), so accuracy means "how much of the full-frame output argos keeps".
+  The ``oracle`` proposer then reads per-frame boxes from ``teacher``.
+
 Latencies are wall-clock per image (batch 1). Baseline and argos alternate which runs first on
 each image, so machine noise hits both alike; the speedup is the ratio of their medians, and
 the argos latency includes the proposer.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
+from argos.structures import Detections
 from argos.wrap import Wrapped, wrap
 
 __all__ = ["BenchConfig", "run_bench", "format_table", "write_json"]
@@ -22,12 +32,19 @@ __all__ = ["BenchConfig", "run_bench", "format_table", "write_json"]
 
 @dataclass
 class BenchConfig:
-    """Everything that defines one ``argos bench`` run."""
+    """Everything that defines one ``argos bench`` run. Give ``images`` + ``annotations`` or ``video``."""
 
-    images: str
-    annotations: str
+    images: Optional[str] = None
+    annotations: Optional[str] = None
+    video: Optional[str] = None
+    teacher: Optional[str] = None
+    teacher_scale: float = 1.0
+    teacher_score: float = 0.5
+    stride: int = 1
+    gt_score: float = 0.25
     detector: str = "yolov5"
     weights: Optional[str] = None
+    cfg: Optional[str] = None
     proposer: str = "oracle"
     executor: str = "masked"
     img_size: int = 640
@@ -41,15 +58,108 @@ class BenchConfig:
     proposer_kwargs: Dict[str, Any] = field(default_factory=dict)
     executor_kwargs: Dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.video is None and (self.images is None or self.annotations is None):
+            raise ValueError("give either images + annotations (COCO) or a video")
+        if self.video is not None and self.images is not None:
+            raise ValueError("give either images + annotations or a video, not both")
+        if self.weights is not None and self.cfg is not None:
+            raise ValueError("give weights or cfg, not both")
+
 
 def _median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs)) if xs else 0.0
 
 
-def _timed(fn, *args, **kwargs):
+def _mean(xs: Sequence[float]) -> float:
+    return float(sum(xs) / len(xs)) if xs else 0.0
+
+
+def _timed(fn: Callable, *args, **kwargs):
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
     return out, (time.perf_counter() - t0) * 1e3
+
+
+class _Meter:
+    """Runs baseline and argos on each image, interleaved, and keeps their times and costs."""
+
+    def __init__(self, fast: Wrapped) -> None:
+        self.fast, self.adapter = fast, fast.adapter
+        self.base_ms: List[float] = []
+        self.argos_ms: List[float] = []
+        self.parts: Dict[str, List[float]] = {"proposer": [], "detector": [], "overhead": []}
+        self.gflops: Dict[str, List[float]] = {"baseline": [], "argos": [], "proposer": []}
+        self._flops_cache: Dict[Tuple[int, int], float] = {}
+
+    def warmup(self, image: np.ndarray, targets, n: int) -> None:
+        # First-call costs (allocator, kernels, caches) are not what a stream pays.
+        for _ in range(n):
+            self.adapter.predict([image])
+            self.fast(image, targets=targets)
+        self.fast.proposer.reset()
+
+    def step(self, i: int, image: np.ndarray, targets) -> Tuple[Detections, Detections]:
+        # Alternate the order so neither side always runs on a warmer cache.
+        if i % 2 == 0:
+            (b,), tb = _timed(self.adapter.predict, [image])
+            a, ta = _timed(self.fast, image, targets=targets)
+        else:
+            a, ta = _timed(self.fast, image, targets=targets)
+            (b,), tb = _timed(self.adapter.predict, [image])
+        st = self.fast.last_stats
+        self.base_ms.append(tb)
+        self.argos_ms.append(ta)
+        self.parts["proposer"].append(st.proposer_ms)
+        self.parts["detector"].append(st.detector_ms)
+        self.parts["overhead"].append(max(0.0, ta - st.proposer_ms - st.detector_ms))
+        self.gflops["argos"].append(st.gflops)
+        self.gflops["proposer"].append(st.gflops_proposer)
+        self.gflops["baseline"].append(self._baseline_gflops(image))
+        return b, a
+
+    def _baseline_gflops(self, image: np.ndarray) -> float:
+        key = tuple(image.shape[:2])
+        if key not in self._flops_cache:
+            batch, _ = self.adapter.preprocess([image])
+            self._flops_cache[key] = self.adapter.flops((int(batch.shape[-2]), int(batch.shape[-1])))
+        return self._flops_cache[key]
+
+    def result(self, cfg: BenchConfig, n: int, base: Dict[str, float], argos: Dict[str, float],
+               regions: Dict[str, float], agreement: float) -> Dict[str, Any]:
+        config = {k: v for k, v in cfg.__dict__.items() if v is not None}
+        config.update(torch_threads=torch.get_num_threads(), device=str(self.adapter.device))
+        return {
+            "config": config,
+            "images": n,
+            "baseline": {
+                **base,
+                "gflops": _mean(self.gflops["baseline"]),
+                "latency_ms": {"median": _median(self.base_ms)},
+            },
+            "argos": {
+                **argos,
+                "gflops": _mean(self.gflops["argos"]) + _mean(self.gflops["proposer"]),
+                "gflops_proposer": _mean(self.gflops["proposer"]),
+                "area_processed": regions["area_processed"],
+                "regions_detected": regions["regions_detected"],
+                "regions_detected@0.95": regions["regions_detected@0.95"],
+                "regions_detected@0.9": regions["regions_detected@0.9"],
+                "latency_ms": {"median": _median(self.argos_ms), **{k: _median(v) for k, v in self.parts.items()}},
+            },
+            "speedup": _median(self.base_ms) / max(_median(self.argos_ms), 1e-9),
+            "agreement": {"recall_vs_baseline@0.5": agreement},
+        }
+
+
+def _build(cfg: BenchConfig) -> Wrapped:
+    adapter_kwargs: Dict[str, Any] = {"img_size": cfg.img_size, "conf": cfg.conf, "iou": cfg.iou}
+    if cfg.weights is not None:
+        adapter_kwargs["weights"] = cfg.weights
+    if cfg.cfg is not None:
+        adapter_kwargs["cfg"] = cfg.cfg
+    return wrap(cfg.detector, cfg.proposer, cfg.executor, proposer_kwargs=cfg.proposer_kwargs,
+                executor_kwargs=cfg.executor_kwargs, **adapter_kwargs)
 
 
 def run_bench(cfg: BenchConfig, progress: bool = True, keep: int = 0) -> Dict[str, Any]:
@@ -57,144 +167,201 @@ def run_bench(cfg: BenchConfig, progress: bool = True, keep: int = 0) -> Dict[st
 
     Args:
         keep: also return the first ``keep`` images with their proposals and detections under
-            ``"_samples"`` (for overlays); not written to JSON.
+            ``"_samples"`` and the class names under ``"_names"`` (for overlays); not written to JSON.
     """
+    from argos.data.coco import CocoDataset
+    from argos.data.video import VideoReader
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    # Open the data before building the detector: a wrong path should fail in milliseconds.
+    if cfg.video is not None:
+        source: Any = VideoReader(cfg.video, stride=cfg.stride, limit=cfg.limit)
+        run = _bench_video
+    else:
+        source = CocoDataset(cfg.images, cfg.annotations, classes=cfg.classes)
+        run = _bench_coco
+    fast = _build(cfg)
+    result = run(cfg, fast, source, progress, keep)
+    if keep:
+        result["_names"] = fast.adapter.names
+    return result
+
+
+def _bench_coco(cfg: BenchConfig, fast: Wrapped, dataset, progress: bool, keep: int) -> Dict[str, Any]:
     from tqdm import tqdm
 
-    from argos.data.coco import CocoDataset
     from argos.metrics.coco_eval import detections_to_coco, evaluate_coco
     from argos.metrics.detection import precision_recall, recall_vs_reference
     from argos.metrics.regions import RegionStats
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    dataset = CocoDataset(cfg.images, cfg.annotations, classes=cfg.classes)
     n = len(dataset) if cfg.limit is None else min(cfg.limit, len(dataset))
     if n == 0:
         raise ValueError(f"no images to benchmark in {cfg.images}")
-
-    adapter_kwargs: Dict[str, Any] = {"img_size": cfg.img_size, "conf": cfg.conf, "iou": cfg.iou}
-    if cfg.weights is not None:
-        adapter_kwargs["weights"] = cfg.weights
-    fast: Wrapped = wrap(
-        cfg.detector, cfg.proposer, cfg.executor,
-        proposer_kwargs=cfg.proposer_kwargs, executor_kwargs=cfg.executor_kwargs, **adapter_kwargs,
-    )
-    adapter = fast.adapter
-    label_map = dataset.label_map(adapter.names)
+    label_map = dataset.label_map(fast.adapter.names)
     use_masks = fast.proposer.needs_targets and getattr(fast.proposer, "source", "boxes") == "masks"
 
-    def target_of(i: int, sample) -> Dict[str, Any]:
-        t = {"boxes": sample.boxes}
+    def targets_of(i: int, sample) -> Optional[List[Dict[str, Any]]]:
+        if not fast.proposer.needs_targets:
+            return None
+        t: Dict[str, Any] = {"boxes": sample.boxes}
         if use_masks:
             t["mask"] = torch.from_numpy(dataset.foreground_mask(i, source="masks"))
-        return t
+        return [t]
 
-    # Warm-up: first-call costs (allocator, kernels, caches) are not what a video stream pays.
+    meter = _Meter(fast)
     first = dataset[0]
-    for _ in range(cfg.warmup):
-        adapter.predict([first.image])
-        fast(first.image, targets=[target_of(0, first)] if fast.proposer.needs_targets else None)
-
-    base_ms: List[float] = []
-    argos_ms: List[float] = []
-    parts: Dict[str, List[float]] = {"proposer": [], "detector": [], "overhead": []}
-    base_res: List[dict] = []
-    argos_res: List[dict] = []
-    base_dets, argos_dets, gts = [], [], []
-    gflops_base, gflops_argos, gflops_prop = [], [], []
-    regions = RegionStats()
-    samples = []
+    meter.warmup(first.image, targets_of(0, first), cfg.warmup)
+    res: Dict[str, List[dict]] = {"baseline": [], "argos": []}
+    dets: Dict[str, List[Detections]] = {"baseline": [], "argos": []}
+    gts, samples, regions = [], [], RegionStats()
     for i in tqdm(range(n), desc=f"bench {cfg.proposer}+{cfg.executor}", disable=not progress, unit="img"):
         s = dataset[i]
-        targets = [target_of(i, s)] if fast.proposer.needs_targets else None
-        # Alternate the order so neither side always runs on a warmer cache.
-        if i % 2 == 0:
-            (b,), tb = _timed(adapter.predict, [s.image])
-            a, ta = _timed(fast, s.image, targets=targets)
-        else:
-            a, ta = _timed(fast, s.image, targets=targets)
-            (b,), tb = _timed(adapter.predict, [s.image])
-        st = fast.last_stats
-        base_ms.append(tb)
-        argos_ms.append(ta)
-        parts["proposer"].append(st.proposer_ms)
-        parts["detector"].append(st.detector_ms)
-        parts["overhead"].append(max(0.0, ta - st.proposer_ms - st.detector_ms))
-        gflops_argos.append(st.gflops)
-        gflops_prop.append(st.gflops_proposer)
-        gflops_base.append(adapter.flops(_input_hw(adapter, s.image)))
+        b, a = meter.step(i, s.image, targets_of(i, s))
         regions.update(fast.last_proposals[0].mask, s.boxes)
-        base_res += detections_to_coco(b, s.image_id, label_map)
-        argos_res += detections_to_coco(a, s.image_id, label_map)
-        base_dets.append(_relabel(b, label_map))
-        argos_dets.append(_relabel(a, label_map))
+        for side, d in (("baseline", b), ("argos", a)):
+            res[side] += detections_to_coco(d, s.image_id, label_map)
+            dets[side].append(_relabel(d, label_map))
         gts.append({"boxes": s.boxes, "labels": s.category_ids, "iscrowd": s.iscrowd})
         if i < keep:
-            samples.append({"image": s.image, "proposals": fast.last_proposals[0], "argos": a, "baseline": b,
-                            "file_name": s.file_name})
+            samples.append({"image": s.image, "proposals": fast.last_proposals[0], "argos": a, "baseline": b})
 
     image_ids = [dataset.image_ids[i] for i in range(n)]
     # With a class filter, both sides are scored on those classes only.
     cat_ids = dataset.class_ids if cfg.classes else None
-    mb = evaluate_coco(dataset.coco, base_res, image_ids=image_ids, cat_ids=cat_ids)
-    ma = evaluate_coco(dataset.coco, argos_res, image_ids=image_ids, cat_ids=cat_ids)
     if cat_ids is not None:
-        keep = torch.tensor(sorted(cat_ids))
-        base_dets = [d[torch.isin(d.labels, keep)] for d in base_dets]
-        argos_dets = [d[torch.isin(d.labels, keep)] for d in argos_dets]
-    pb = precision_recall(base_dets, gts)
-    pa = precision_recall(argos_dets, gts)
-    rs = regions.summary()
-    result: Dict[str, Any] = {
-        "config": {**cfg.__dict__, "torch_threads": torch.get_num_threads(), "device": str(adapter.device)},
-        "images": n,
-        "baseline": {
-            "map50": mb["map50"], "map50_95": mb["map50_95"],
-            "precision": pb["precision"], "recall": pb["recall"],
-            "gflops": _mean(gflops_base),
-            "latency_ms": {"median": _median(base_ms)},
-        },
-        "argos": {
-            "map50": ma["map50"], "map50_95": ma["map50_95"],
-            "precision": pa["precision"], "recall": pa["recall"],
-            "gflops": _mean(gflops_argos) + _mean(gflops_prop),
-            "gflops_proposer": _mean(gflops_prop),
-            "area_processed": rs["area_processed"],
-            "regions_detected": rs["regions_detected"],
-            "regions_detected@0.95": rs["regions_detected@0.95"],
-            "regions_detected@0.9": rs["regions_detected@0.9"],
-            "latency_ms": {
-                "median": _median(argos_ms),
-                "proposer": _median(parts["proposer"]),
-                "detector": _median(parts["detector"]),
-                "overhead": _median(parts["overhead"]),
-            },
-        },
-        "speedup": _median(base_ms) / max(_median(argos_ms), 1e-9),
-        "agreement": {
-            f"recall_vs_baseline@0.5": recall_vs_reference(argos_dets, base_dets, iou=0.5, min_score=cfg.agreement_score),
-        },
-    }
+        keep_ids = torch.tensor(sorted(cat_ids))
+        dets = {k: [d[torch.isin(d.labels, keep_ids)] for d in v] for k, v in dets.items()}
+    scores = {}
+    for side in ("baseline", "argos"):
+        m = evaluate_coco(dataset.coco, res[side], image_ids=image_ids, cat_ids=cat_ids)
+        pr = precision_recall(dets[side], gts)
+        scores[side] = {"map50": m["map50"], "map50_95": m["map50_95"], "precision": pr["precision"],
+                        "recall": pr["recall"]}
+    agreement = recall_vs_reference(dets["argos"], dets["baseline"], iou=0.5, min_score=cfg.agreement_score)
+    result = meter.result(cfg, n, scores["baseline"], scores["argos"], regions.summary(), agreement)
     if keep:
         result["_samples"] = samples
-        result["_names"] = adapter.names
     return result
 
 
-def _mean(xs: Sequence[float]) -> float:
-    return float(sum(xs) / len(xs)) if xs else 0.0
+def _bench_video(cfg: BenchConfig, fast: Wrapped, reader, progress: bool, keep: int) -> Dict[str, Any]:
+    from tqdm import tqdm
+
+    from argos.data.video import load_frame_boxes
+    from argos.metrics.detection import precision_recall, recall_vs_reference
+    from argos.metrics.regions import RegionStats
+
+    teacher = None
+    if cfg.teacher is not None:
+        teacher = load_frame_boxes(cfg.teacher, scale=cfg.teacher_scale, min_score=cfg.teacher_score)
+    elif fast.proposer.needs_targets:
+        raise ValueError(f"proposer {cfg.proposer!r} needs per-frame boxes on video: pass a teacher file")
+    names = fast.adapter.names
+    keep_labels = _class_ids(names, cfg.classes)
+
+    def targets_of(index: int):
+        if not fast.proposer.needs_targets:
+            return None
+        if index >= len(teacher):
+            raise ValueError(f"teacher file has {len(teacher)} frames; the video has more (frame {index})")
+        return [{"boxes": teacher[index][:, :4]}]
+
+    def select(d: Detections, min_score: float = 0.0) -> Detections:
+        ok = d.scores >= min_score
+        if keep_labels is not None:
+            ok &= torch.isin(d.labels, keep_labels)
+        return d[ok]
+
+    meter = _Meter(fast)
+    frames = iter(reader)
+    try:
+        first_index, first = next(frames)
+    except StopIteration:
+        raise ValueError(f"no frame could be decoded from {cfg.video}") from None
+    meter.warmup(first, targets_of(first_index), cfg.warmup)
+    dets: Dict[str, List[Detections]] = {"baseline": [], "argos": []}
+    gts, samples, regions = [], [], RegionStats()
+    total = len(reader) if reader.frame_count is not None else None
+
+    def all_frames() -> Iterable[Tuple[int, np.ndarray]]:
+        yield first_index, first
+        yield from frames
+
+    for i, (index, frame) in enumerate(tqdm(all_frames(), total=total, desc=f"bench {cfg.proposer}+{cfg.executor}",
+                                            disable=not progress, unit="frame")):
+        b, a = meter.step(i, frame, targets_of(index))
+        gt = select(b, cfg.gt_score)
+        regions.update(fast.last_proposals[0].mask, gt.boxes)
+        dets["baseline"].append(select(b))
+        dets["argos"].append(select(a))
+        gts.append({"boxes": gt.boxes, "labels": gt.labels, "iscrowd": torch.zeros(len(gt), dtype=torch.bool)})
+        if i < keep:
+            samples.append({"image": frame, "proposals": fast.last_proposals[0], "argos": a, "baseline": b})
+    if reader.stopped_early:
+        print(f"warning: {cfg.video}: {reader.error}; benchmarked the {len(gts)} frames that decoded")
+    n = len(gts)
+    coco_gt = _coco_from_detections(gts, [d.image_size for d in dets["baseline"]])
+    scores = {}
+    for side in ("baseline", "argos"):
+        m = _map_vs(coco_gt, dets[side])
+        pr = precision_recall(dets[side], gts)
+        scores[side] = {"map50": m["map50"], "map50_95": m["map50_95"], "precision": pr["precision"],
+                        "recall": pr["recall"]}
+    agreement = recall_vs_reference(dets["argos"], dets["baseline"], iou=0.5, min_score=cfg.agreement_score)
+    result = meter.result(cfg, n, scores["baseline"], scores["argos"], regions.summary(), agreement)
+    result["ground_truth"] = f"unwrapped detector, score >= {cfg.gt_score}" + (
+        f", classes {cfg.classes}" if cfg.classes else "")
+    if reader.stopped_early:
+        result["decode_error"] = reader.error
+    if keep:
+        result["_samples"] = samples
+    return result
 
 
-def _input_hw(adapter, image) -> tuple:
-    batch, _ = adapter.preprocess([image])
-    return int(batch.shape[-2]), int(batch.shape[-1])
+def _class_ids(names: Dict[int, str], classes: Optional[List[str]]) -> Optional[torch.Tensor]:
+    if not classes:
+        return None
+    by_name = {v: k for k, v in names.items()}
+    unknown = [c for c in classes if c not in by_name]
+    if unknown:
+        raise ValueError(f"unknown class(es) {unknown} for this detector; valid: {', '.join(sorted(by_name))}")
+    return torch.tensor([by_name[c] for c in classes])
 
 
-def _relabel(dets, label_map: Dict[int, int]):
+def _coco_from_detections(gts: List[Dict[str, torch.Tensor]], sizes: List[Tuple[int, int]]):
+    """Ground truth given as per-frame boxes/labels -> an in-memory pycocotools COCO (ids = index + 1)."""
+    from pycocotools.coco import COCO
+
+    labels = sorted({int(l) for g in gts for l in g["labels"].tolist()})
+    images, anns = [], []
+    for i, (g, (h, w)) in enumerate(zip(gts, sizes)):
+        images.append({"id": i + 1, "height": h, "width": w})
+        for box, label in zip(g["boxes"].tolist(), g["labels"].tolist()):
+            x1, y1, x2, y2 = box
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": int(label) + 1, "iscrowd": 0,
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1)})
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": anns,
+                    "categories": [{"id": l + 1, "name": str(l)} for l in labels]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _map_vs(coco_gt, dets: List[Detections]) -> Dict[str, float]:
+    from argos.metrics.coco_eval import detections_to_coco, evaluate_coco
+
+    known = {c - 1 for c in coco_gt.getCatIds()}
+    results: List[dict] = []
+    for i, d in enumerate(dets):
+        d = d[torch.isin(d.labels, torch.tensor(sorted(known), dtype=torch.int64))] if known else d[:0]
+        results += detections_to_coco(d, i + 1, {k: k + 1 for k in known})
+    return evaluate_coco(coco_gt, results)
+
+
+def _relabel(dets: Detections, label_map: Dict[int, int]) -> Detections:
     """Model class ids -> dataset category ids (same Detections otherwise)."""
-    from argos.structures import Detections
-
     lut = torch.full((max(label_map) + 1,), -1, dtype=torch.int64)
     for k, v in label_map.items():
         lut[k] = v
@@ -218,11 +385,16 @@ def format_table(result: Dict[str, Any]) -> str:
          f"{a['latency_ms']['proposer']:.1f} / {a['latency_ms']['detector']:.1f} / {a['latency_ms']['overhead']:.1f}"),
     ]
     c = result["config"]
+    model = Path(str(c.get("weights") or c.get("cfg") or "")).name
+    source = Path(str(c.get("video"))).name if c.get("video") else "COCO"
     w0 = max(len(r[0]) for r in rows)
     w1 = max(max(len(r[1]) for r in rows), len("baseline"))
-    head = (f"{result['images']} images | {c['detector']} {Path(str(c['weights'])).name if c['weights'] else ''} @ "
+    head = (f"{result['images']} {'frames' if c.get('video') else 'images'} of {source} | {c['detector']} {model} @ "
             f"{c['img_size']} | proposer={c['proposer']} executor={c['executor']} | threads={c['torch_threads']}")
-    lines = [head, f"{'':<{w0}}  {'baseline':>{w1}}  argos", "-" * (w0 + w1 + 40)]
+    lines = [head]
+    if "ground_truth" in result:
+        lines.append(f"ground truth: {result['ground_truth']}")
+    lines += [f"{'':<{w0}}  {'baseline':>{w1}}  argos", "-" * (w0 + w1 + 40)]
     lines += [f"{r[0]:<{w0}}  {r[1]:>{w1}}  {r[2]}" for r in rows]
     agree = result["agreement"]["recall_vs_baseline@0.5"]
     lines.append(f"speedup {result['speedup']:.2f}x (proposer included) | agreement (recall of baseline @IoU0.5) {agree:.3f}")

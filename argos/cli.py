@@ -25,19 +25,29 @@ def _kv(items: Optional[List[str]]) -> dict:
     return out
 
 
-def _add_bench_args(p: argparse.ArgumentParser, defaults: bool = False) -> None:
-    p.add_argument("--images", required=not defaults, help="folder of images")
-    p.add_argument("--annotations", required=not defaults, help="COCO instances JSON")
+def _add_bench_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("data (a COCO-format dataset, or a video)")
+    src.add_argument("--images", help="folder of images (with --annotations)")
+    src.add_argument("--annotations", help="COCO instances JSON")
+    src.add_argument("--video", help="video file or image folder; ground truth = the unwrapped detector's output")
+    src.add_argument("--teacher", help="per-frame boxes JSON for the oracle proposer on --video")
+    src.add_argument("--teacher-scale", type=float, default=1.0, help="scale of teacher boxes to video pixels")
+    src.add_argument("--teacher-score", type=float, default=0.5, help="keep teacher boxes with at least this score")
+    src.add_argument("--stride", type=int, default=1, help="every N-th video frame")
+    src.add_argument("--gt-score", type=float, default=0.25,
+                     help="on video: full-frame detections with this score are the ground truth")
     p.add_argument("--detector", default="yolov5", help="adapter name (default: yolov5)")
     p.add_argument("--weights", default=None, help="detector checkpoint (.pt)")
     p.add_argument("--cfg", default=None, help="ultralytics model yaml instead of weights (random init, timing only)")
     p.add_argument("--proposer", default="oracle")
     p.add_argument("--executor", default="masked")
     p.add_argument("--img-size", type=int, default=640)
-    p.add_argument("--limit", type=int, default=None, help="first N images only")
+    p.add_argument("--conf", type=float, default=0.001, help="detector score threshold")
+    p.add_argument("--iou", type=float, default=0.65, help="NMS IoU threshold")
+    p.add_argument("--limit", type=int, default=None, help="first N images / frames only")
     p.add_argument("--threads", type=int, default=None, help="torch threads (fix it for stable timings)")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--classes", nargs="+", default=None, help="class names that count as foreground")
+    p.add_argument("--classes", nargs="+", default=None, help="class names that count (foreground, scoring)")
     p.add_argument("--proposer-opt", nargs="+", metavar="KEY=VALUE", help="proposer options, e.g. dilation=8")
     p.add_argument("--executor-opt", nargs="+", metavar="KEY=VALUE", help="executor options")
     p.add_argument("--json", default=None, help="write every figure to this JSON file")
@@ -47,14 +57,15 @@ def _add_bench_args(p: argparse.ArgumentParser, defaults: bool = False) -> None:
 def _config(args):
     from argos.bench import BenchConfig
 
-    if args.cfg and args.weights:
-        raise SystemExit("give --weights or --cfg, not both")
-    proposer_kwargs = _kv(args.proposer_opt)
+    if args.video is None and (args.images is None or args.annotations is None):
+        raise ValueError("give --images and --annotations, or --video")
     return BenchConfig(
-        images=args.images, annotations=args.annotations, detector=args.detector,
-        weights=args.weights or args.cfg, proposer=args.proposer, executor=args.executor,
-        img_size=args.img_size, limit=args.limit, threads=args.threads, warmup=args.warmup,
-        classes=args.classes, proposer_kwargs=proposer_kwargs, executor_kwargs=_kv(args.executor_opt),
+        images=args.images, annotations=args.annotations, video=args.video, teacher=args.teacher,
+        teacher_scale=args.teacher_scale, teacher_score=args.teacher_score, stride=args.stride,
+        gt_score=args.gt_score, detector=args.detector, weights=args.weights, cfg=args.cfg,
+        proposer=args.proposer, executor=args.executor, img_size=args.img_size, conf=args.conf, iou=args.iou,
+        limit=args.limit, threads=args.threads, warmup=args.warmup, classes=args.classes,
+        proposer_kwargs=_kv(args.proposer_opt), executor_kwargs=_kv(args.executor_opt),
     )
 
 

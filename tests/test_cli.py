@@ -67,3 +67,24 @@ def test_demo_writes_overlay(assets, yolov5n_weights, tmp_path):
     png = cv2.imread(str(tmp_path / "overlay.png"))
     assert png is not None and png.shape[0] > 100
     assert json.loads((tmp_path / "bench.json").read_text())["images"] == 2
+
+
+def test_bench_on_video_against_full_frame(assets, yolov5n_weights, tmp_path):
+    video = assets / "data/video/pets2009_s2l1_480x360.avi"
+    teacher = assets / "data/video/pets2009_s2l1_teacher_dets_768x576.json"
+    if not video.is_file() or not teacher.is_file():
+        pytest.skip("PETS video or teacher boxes missing")
+    out = tmp_path / "v.json"
+    args = ["bench", "--video", str(video), "--teacher", str(teacher), "--teacher-scale", "0.625",
+            "--weights", str(yolov5n_weights), "--proposer", "full", "--executor", "masked", "--classes", "person",
+            "--stride", "100", "--limit", "3", "--warmup", "0", "--no-progress", "--json", str(out)]
+    assert main(args) == 0
+    r = json.loads(out.read_text())
+    assert r["images"] == 3
+    # Against its own output the full-frame detector is perfect, and so is argos with the full proposer.
+    assert r["baseline"]["map50"] == pytest.approx(1.0) and r["argos"]["map50"] == pytest.approx(1.0)
+    assert r["agreement"]["recall_vs_baseline@0.5"] == 1.0
+    args[args.index("full")] = "oracle"
+    assert main(args) == 0
+    r = json.loads(out.read_text())
+    assert r["argos"]["area_processed"] < 0.3
