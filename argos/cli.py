@@ -1,4 +1,4 @@
-"""Command line: ``argos bench``, ``argos demo``, ``argos list``."""
+"""Command line: ``argos bench``, ``argos run``, ``argos demo``, ``argos list``."""
 from __future__ import annotations
 
 import argparse
@@ -107,6 +107,42 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from argos.run import RunConfig, run_stream
+    from argos.wrap import wrap
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    adapter_kwargs = {"img_size": args.img_size, "conf": args.conf}
+    if args.weights:
+        adapter_kwargs["weights"] = args.weights
+    if args.cfg:
+        adapter_kwargs["cfg"] = args.cfg
+    fast = wrap(args.detector, args.proposer, args.executor, proposer_kwargs=_kv(args.proposer_opt),
+                executor_kwargs=_kv(args.executor_opt), **adapter_kwargs)
+    detections = args.detections
+    if detections is None and args.json:
+        detections = str(Path(args.json).with_suffix(".jsonl"))
+    cfg = RunConfig(source=args.source, out_video=args.out, detections=detections, summary=args.json,
+                    compare=args.compare, stride=args.stride, limit=args.limit, classes=args.classes)
+    summary = run_stream(fast, cfg, progress=not args.no_progress)
+    line = (f"{summary['frames']} frames | {summary['fps']:.1f} fps | teacher fraction {summary['teacher_fraction']:.3f}"
+            f" | area processed {summary['area_processed']:.3f} | median ms {summary['latency_ms']['median']:.1f}"
+            f" (proposer {summary['latency_ms']['proposer']:.1f}, detector {summary['latency_ms']['detector']:.1f})")
+    print(line)
+    if args.compare:
+        print(f"baseline {summary['baseline_fps']:.1f} fps | speedup {summary['speedup']:.2f}x | agreement "
+              f"{summary['agreement']:.3f} | mAP50 vs baseline {summary['map50_vs_baseline']:.3f}")
+    if "decode_error" in summary:
+        print(f"warning: {summary['decode_error']}; results kept for the {summary['frames']} frames that decoded")
+    for path in (detections, args.json, args.out):
+        if path:
+            print(f"wrote {path}")
+    return 0
+
+
 def cmd_list(args) -> int:
     import argos
 
@@ -130,6 +166,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/demo")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("run", help="run a wrapped detector over a video, image folder or camera index")
+    p.add_argument("source", help="video file, image folder, or camera index (0, 1, ...)")
+    p.add_argument("--detector", default="yolov5")
+    p.add_argument("--weights", default=None)
+    p.add_argument("--cfg", default=None, help="ultralytics model yaml (random init, timing only)")
+    p.add_argument("--proposer", default="distill")
+    p.add_argument("--executor", default="masked")
+    p.add_argument("--img-size", type=int, default=640)
+    p.add_argument("--conf", type=float, default=0.25, help="detector score threshold")
+    p.add_argument("--proposer-opt", nargs="+", metavar="KEY=VALUE")
+    p.add_argument("--executor-opt", nargs="+", metavar="KEY=VALUE")
+    p.add_argument("--out", default=None, help="annotated video (.mp4 or .avi)")
+    p.add_argument("--detections", default=None, help="per-frame detections, JSON lines (default: next to --json)")
+    p.add_argument("--json", default=None, help="summary JSON")
+    p.add_argument("--compare", action="store_true", help="also run the unwrapped detector on every frame")
+    p.add_argument("--classes", nargs="+", default=None, help="classes scored by --compare")
+    p.add_argument("--stride", type=int, default=1)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_run)
     p = sub.add_parser("list", help="registered proposers, executors and adapters")
     p.set_defaults(func=cmd_list)
     return parser

@@ -146,6 +146,11 @@ class RegionProposals:
             (after dilation). Derived from ``mask`` unless given.
         time_ms (float): wall-clock time the proposer spent on this image.
         scores (Tensor[H, W] float32, optional): foreground probability before thresholding.
+        gflops (float): the proposer's own GFLOPs on this image.
+        detections (Detections, optional): final detections the proposer already has for this
+            image (a video proposer's teacher key frame); the executor then skips the image.
+        detections_ms (float): the part of ``time_ms`` spent producing ``detections``.
+        detections_gflops (float): detector GFLOPs spent producing ``detections`` (not in ``gflops``).
     """
 
     mask: torch.Tensor
@@ -153,6 +158,9 @@ class RegionProposals:
     time_ms: float = 0.0
     scores: Optional[torch.Tensor] = None
     gflops: float = 0.0
+    detections: Optional["Detections"] = None
+    detections_ms: float = 0.0
+    detections_gflops: float = 0.0
 
     def __post_init__(self) -> None:
         self.mask = _as_tensor(self.mask, torch.bool)
@@ -175,6 +183,10 @@ class RegionProposals:
                 raise ValueError(
                     f"scores must match mask shape {tuple(self.mask.shape)}, got {tuple(self.scores.shape)}"
                 )
+        if self.detections is not None and self.detections.image_size != self.image_size:
+            raise ValueError(
+                f"detections are for a {self.detections.image_size} image, the mask is {self.image_size}"
+            )
 
     @property
     def image_size(self) -> Tuple[int, int]:

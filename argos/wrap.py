@@ -21,7 +21,9 @@ __all__ = ["wrap", "Wrapped", "FrameStats", "build_adapter"]
 @dataclass
 class FrameStats:
     """What the last call cost. Times are wall-clock ms for the whole call (all images);
-    ``area_processed`` and GFLOPs are means per image."""
+    ``area_processed`` and GFLOPs are means per image. ``key_frames`` counts images a video
+    proposer answered itself with the full-frame detector (their cost is in ``detector_ms``
+    and ``gflops``)."""
 
     images: int = 0
     area_processed: float = 0.0
@@ -32,6 +34,7 @@ class FrameStats:
     total_ms: float = 0.0
     gflops: float = 0.0
     gflops_proposer: float = 0.0
+    key_frames: int = 0
     per_image_area: List[float] = field(default_factory=list)
 
     def as_dict(self) -> Dict[str, Any]:
@@ -55,6 +58,7 @@ class Wrapped:
         if channel_order not in ("rgb", "bgr"):
             raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
         self.adapter, self.proposer, self.executor = adapter, proposer, executor
+        self.proposer.bind(adapter)
         self.channel_order = channel_order
         self.last_stats = FrameStats()
         self.last_proposals: List[RegionProposals] = []
@@ -67,23 +71,36 @@ class Wrapped:
         t0 = time.perf_counter()
         proposals = self.proposer.propose(batch, targets)
         t1 = time.perf_counter()
-        dets = self.executor.run(self.adapter, batch, proposals)
+        # Images whose proposer already produced final detections (video key frames) skip the executor.
+        todo = [i for i, p in enumerate(proposals) if p.detections is None]
+        dets: List[Optional[Detections]] = [p.detections for p in proposals]
+        ex_gflops = [0.0] * len(batch)
+        detector_ms = sum(p.detections_ms for p in proposals)
+        if todo:
+            out = self.executor.run(self.adapter, [batch[i] for i in todo], [proposals[i] for i in todo])
+            ex = self.executor.last_stats
+            detector_ms += ex.get("detector_ms", 0.0)
+            for i, d, g in zip(todo, out, ex.get("gflops", [0.0] * len(todo))):
+                dets[i], ex_gflops[i] = d, g
         t2 = time.perf_counter()
-        ex = self.executor.last_stats
+        self.proposer.observe(dets)
         areas = [p.area_fraction for p in proposals]
-        proposer_ms, total_ms = (t1 - t0) * 1e3, (t2 - t0) * 1e3
+        proposer_ms = (t1 - t0) * 1e3 - sum(p.detections_ms for p in proposals)
+        total_ms = (t2 - t0) * 1e3
         self.last_proposals = proposals
+        n = len(batch)
         self.last_stats = FrameStats(
-            images=len(batch),
-            area_processed=sum(areas) / len(areas),
+            images=n,
+            area_processed=sum(areas) / n,
             regions=sum(len(p.boxes) for p in proposals),
             proposer_ms=proposer_ms,
-            detector_ms=ex.get("detector_ms", 0.0),
-            overhead_ms=max(0.0, total_ms - proposer_ms - ex.get("detector_ms", 0.0)),
+            detector_ms=detector_ms,
+            overhead_ms=max(0.0, total_ms - proposer_ms - detector_ms),
             total_ms=total_ms,
-            gflops=sum(ex.get("gflops", [0.0])) / len(batch),
-            gflops_proposer=sum(p.gflops for p in proposals) / len(proposals),
+            gflops=(sum(ex_gflops) + sum(p.detections_gflops for p in proposals)) / n,
+            gflops_proposer=sum(p.gflops for p in proposals) / n,
             per_image_area=areas,
+            key_frames=sum(p.detections is not None for p in proposals),
         )
         return dets[0] if single else dets
 

@@ -6,7 +6,7 @@ from argos.registry import Registry
 
 
 def test_unknown_name_lists_valid_ones():
-    with pytest.raises(ValueError, match="valid names: full, motion, oracle"):
+    with pytest.raises(ValueError, match="valid names: .*full, motion, oracle"):
         argos.PROPOSERS.get("qunett")
     with pytest.raises(ValueError, match="masked"):
         argos.EXECUTORS.get("nope")
@@ -30,6 +30,10 @@ def test_lazy_entry_resolves():
 @pytest.mark.parametrize("name", argos.list_proposers())
 def test_every_proposer_builds_and_proposes(name):
     p = argos.PROPOSERS.build(name)
+    if name == "distill":  # its first frame runs the teacher: give it a small real detector
+        from argos.adapters.yolov5 import YOLOv5Adapter
+
+        p.bind(YOLOv5Adapter(cfg="yolov5nu.yaml", img_size=64))
     image = np.zeros((48, 64, 3), np.uint8)
     targets = [{"boxes": [[4, 4, 20, 20]]}] if p.needs_targets else None
     (out,) = p.propose([image], targets)

@@ -48,6 +48,14 @@ class Proposer(abc.ABC):
     def reset(self) -> None:
         """Forget state carried between frames (video proposers)."""
 
+    def bind(self, adapter) -> None:
+        """Called once by :class:`argos.Wrapped` with the wrapped detector (video proposers use
+        it as a teacher); the default ignores it."""
+
+    def observe(self, detections) -> None:
+        """Called after each call with the final detections (one per image), so video
+        proposers can track what was found; the default ignores them."""
+
     def finalize(self, mask: torch.Tensor, time_ms: float = 0.0, scores=None) -> RegionProposals:
         """Raw mask -> proposals: components, speck filter, dilation, final mask."""
         size = tuple(mask.shape)

@@ -1,0 +1,77 @@
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from argos.cli import main
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory, assets):
+    """16 PETS frames re-encoded as a small MJPG clip (written by the test)."""
+    video = assets / "data/video/pets2009_s2l1_480x360.avi"
+    if not video.is_file():
+        pytest.skip(f"{video} missing")
+    cap = cv2.VideoCapture(str(video))
+    path = tmp_path_factory.mktemp("run") / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (480, 360))
+    for _ in range(16):
+        ok, frame = cap.read()
+        assert ok
+        writer.write(frame)
+    writer.release()
+    cap.release()
+    return path
+
+
+def _lines(path):
+    return [json.loads(l) for l in path.read_text().splitlines()]
+
+
+def test_run_writes_detections_summary_and_video(clip, yolov5n_weights, tmp_path, capsys):
+    summary = tmp_path / "s.json"
+    out = tmp_path / "annotated.mp4"
+    args = ["run", str(clip), "--weights", str(yolov5n_weights), "--proposer", "distill", "--executor", "masked",
+            "--compare", "--classes", "person", "--json", str(summary), "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    s = json.loads(summary.read_text())
+    assert s["frames"] == 16 and s["fps"] > 0
+    assert {"median", "proposer", "detector"} <= set(s["latency_ms"])
+    assert 0 < s["teacher_fraction"] <= 1 and 0 < s["area_processed"] <= 1
+    assert {"baseline_fps", "speedup", "agreement", "map50_vs_baseline"} <= set(s)
+    assert 0.5 <= s["agreement"] <= 1.0
+    records = _lines(summary.with_suffix(".jsonl"))
+    assert [r["frame"] for r in records] == list(range(16))
+    assert any("person" in r["names"] for r in records)
+    cap = cv2.VideoCapture(str(out))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 16
+    assert "speedup" in capsys.readouterr().out
+
+
+def test_run_on_truncated_video_keeps_decoded_frames(clip, yolov5n_weights, tmp_path):
+    data = clip.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) // 2])
+    summary = tmp_path / "s.json"
+    assert main(["run", str(cut), "--weights", str(yolov5n_weights), "--proposer", "motion",
+                 "--json", str(summary), "--no-progress"]) == 0
+    s = json.loads(summary.read_text())
+    assert 0 < s["frames"] < 16
+    assert len(_lines(summary.with_suffix(".jsonl"))) == s["frames"]
+    if "decode_error" in s:
+        assert f"frame {s['frames']}" in s["decode_error"]
+
+
+def test_run_on_image_folder(tmp_path, yolov5n_weights, coco128):
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i:02d}.jpg"), cv2.cvtColor(coco128[i].image, cv2.COLOR_RGB2BGR))
+    det = tmp_path / "d.jsonl"
+    assert main(["run", str(tmp_path), "--weights", str(yolov5n_weights), "--proposer", "full",
+                 "--detections", str(det), "--no-progress"]) == 0
+    assert len(_lines(det)) == 3
+
+
+def test_run_bad_source(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "missing.mp4"), "--cfg", "yolov5nu.yaml", "--no-progress"]) == 2
+    assert "not found" in capsys.readouterr().err
