@@ -327,6 +327,15 @@ class YOLOv5Adapter(Adapter):
         Returns:
             (Tensor[B, 3, h, w] float in [0, 1] on ``device``, list of :class:`LetterboxMeta`).
         """
+        return self._letterbox_batch(images, native=False)
+
+    def preprocess_native(self, images: Sequence[np.ndarray]) -> Tuple[torch.Tensor, List[LetterboxMeta]]:
+        """:meth:`preprocess` at scale 1, for images already at network scale (the ``packed_crops``
+        executor's canvases): each is only padded, centred, to multiples of the stride and never
+        resized, whatever ``img_size`` and ``rect`` say. :meth:`postprocess` maps back as usual."""
+        return self._letterbox_batch(images, native=True)
+
+    def _letterbox_batch(self, images: Sequence[np.ndarray], native: bool) -> Tuple[torch.Tensor, List[LetterboxMeta]]:
         if isinstance(images, np.ndarray) and images.ndim == 3:
             raise TypeError("preprocess takes a list of images; wrap a single image as [image]")
         if len(images) == 0:
@@ -336,7 +345,9 @@ class YOLOv5Adapter(Adapter):
             if not (isinstance(im, np.ndarray) and im.ndim == 3 and im.shape[2] == 3 and im.dtype == np.uint8):
                 desc = f"{im.dtype} {im.shape}" if isinstance(im, np.ndarray) else type(im).__name__
                 raise ValueError(f"image {k}: expected ndarray[H, W, 3] uint8 RGB, got {desc}")
-            b, meta = letterbox(im, self.img_size, self.stride, self.rect, self.pad_value)
+            # Letterboxing to the image's own long side is a scale of exactly 1.
+            size, rect = (max(im.shape[:2]), True) if native else (self.img_size, self.rect)
+            b, meta = letterbox(im, size, self.stride, rect, self.pad_value)
             boxed.append(b)
             metas.append(meta)
         h = max(b.shape[0] for b in boxed)

@@ -299,6 +299,33 @@ def test_batch_of_mixed_shapes_is_padded_bottom_right():
     assert [d.image_size for d in dets] == [(50, 100), (100, 40)]
 
 
+@pytest.mark.parametrize("rect", [True, False])
+def test_preprocess_native_pads_to_stride_without_resizing(rect):
+    adapter = YOLOv5Adapter(model=legacy.LegacyYOLOv5(json.loads(json.dumps(_TINY_YAML))), img_size=128, rect=rect)
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 255, (40, 70, 3), dtype=np.uint8)  # preprocess would upscale it to 128 wide
+    batch, (meta,) = adapter.preprocess_native([small])
+    assert batch.shape == (1, 3, 48, 80)  # next multiples of the stride 16, whatever rect says
+    assert meta.ratio == (1.0, 1.0) and meta.pad == (5, 4) and meta.orig_size == (40, 70)
+    by_hand = np.full((48, 80, 3), 114, np.uint8)
+    by_hand[4:44, 5:75] = small  # pads 8 -> 4/4 and 10 -> 5/5, centred
+    assert torch.equal(batch[0], torch.from_numpy(by_hand).permute(2, 0, 1).float() / 255)
+    # Larger than img_size: still scale 1.
+    big = np.zeros((200, 96, 3), np.uint8)
+    batch, (meta,) = adapter.preprocess_native([big])
+    assert batch.shape == (1, 3, 208, 96) and meta.ratio == (1.0, 1.0)
+    # A canvas with its long side at img_size and stride-multiple sides: the same as preprocess.
+    canvas = rng.integers(0, 255, (48, 128, 3), dtype=np.uint8)
+    if rect:
+        a, (ma,) = adapter.preprocess([canvas])
+        b, (mb,) = adapter.preprocess_native([canvas])
+        assert torch.equal(a, b) and ma == mb
+    dets = adapter.postprocess(adapter.forward(batch), [meta])
+    assert dets[0].image_size == (200, 96)
+    with pytest.raises(ValueError, match="uint8"):
+        adapter.preprocess_native([np.zeros((8, 8, 3), np.float32)])
+
+
 # ---------------------------------------------------------------------------------------------
 # NMS against a brute-force reference
 # ---------------------------------------------------------------------------------------------

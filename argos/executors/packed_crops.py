@@ -1,0 +1,527 @@
+"""Cut the proposed regions out, pack them onto a few small canvases, run the detector once.
+
+The detector must see each crop at the scale it would see it in a full-frame run, or its
+accuracy changes. So crops are cut from the *letterboxed* frame (resized so its long side is the
+adapter's ``img_size``, as YOLOv5's letterbox does) and the canvases are run at scale 1:
+
+- through the adapter's ``preprocess_native`` when it has one (``YOLOv5Adapter``): canvases may
+  be any shape whose sides are multiples of the stride, up to ``img_size``;
+- otherwise through its plain ``preprocess``: canvases then have their long side at
+  ``img_size``, which a letterbox leaves unscaled (strips such as 640 x 192).
+
+``forward`` and ``postprocess`` run unchanged, once on the batch of canvases. Detections come
+back in canvas pixels and are moved to the letterboxed frame, then divided by the letterbox ratio.
+
+Crops start on a grid of ``align`` pixels (default: the stride) laid from the full-frame input's
+origin, and are placed on canvases on the same grid, so each crop meets the detector's stride
+grid exactly as it does in the full frame: with a coarser phase shift, small objects change
+score and class more often.
+"""
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from argos.adapters.base import Adapter
+from argos.executors.base import Executor
+from argos.executors.packing import (
+    Packing,
+    PackingError,
+    candidate_canvases,
+    choose_and_pack,
+    expand_boxes,
+    merge_boxes,
+    snap_boxes,
+)
+from argos.structures import Detections, RegionProposals
+
+# Share of a cut detection that a whole one from another crop must cover to replace it.
+_MIN_COVER = 0.5
+
+__all__ = ["PackedCropsExecutor", "CropPlan", "FrameGeometry", "frame_geometry", "filter_crop_detections"]
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """Where a frame lies in its full-frame network input (YOLOv5 ``letterbox``, see adapters.yolov5).
+
+    Attributes:
+        orig_size: ``(h, w)`` of the original image.
+        resized: ``(h, w)`` after resizing the long side to ``img_size``.
+        ratio: ``(rw, rh)`` network pixels per original pixel.
+        pad: ``(left, top)`` letterbox padding, network pixels.
+        input_size: ``(h, w)`` of the letterboxed frame (multiples of the stride).
+    """
+
+    orig_size: Tuple[int, int]
+    resized: Tuple[int, int]
+    ratio: Tuple[float, float]
+    pad: Tuple[int, int]
+    input_size: Tuple[int, int]
+
+    @property
+    def content_box(self) -> Tuple[int, int, int, int]:
+        """xyxy of the image (not padding) in the letterboxed frame."""
+        (left, top), (h, w) = self.pad, self.resized
+        return left, top, left + w, top + h
+
+
+def frame_geometry(size: Tuple[int, int], img_size: int, stride: int, rect: bool = True) -> FrameGeometry:
+    """The letterbox of :func:`argos.adapters.yolov5.letterbox` for an image of ``size=(h, w)``, without resizing."""
+    h, w = int(size[0]), int(size[1])
+    r = img_size / max(h, w)
+    new_w, new_h = int(round(w * r)), int(round(h * r))
+    dw, dh = (-new_w % stride, -new_h % stride) if rect else (img_size - new_w, img_size - new_h)
+    left, top = int(round(dw / 2 - 0.1)), int(round(dh / 2 - 0.1))
+    return FrameGeometry((h, w), (new_h, new_w), (new_w / w, new_h / h), (left, top), (new_h + dh, new_w + dw))
+
+
+@dataclass
+class CropPlan:
+    """The crops of the last batch.
+
+    Attributes:
+        frame_index (ndarray[K] int64): frame each crop comes from.
+        boxes (ndarray[K, 4] int64): crop xyxy in that frame's letterboxed (network) pixels.
+        canvas_index (ndarray[K] int64): canvas each crop is on.
+        positions (ndarray[K, 2] int64): ``(x, y)`` of each crop's top-left corner on its canvas.
+        canvas_hw: ``(h, w)`` of every canvas; ``(0, 0)`` when nothing was packed.
+        n_canvases: canvases in the batch.
+        fallback (list[bool]): frames run whole instead.
+        geometry (list[FrameGeometry]): per frame.
+    """
+
+    frame_index: np.ndarray
+    boxes: np.ndarray
+    canvas_index: np.ndarray
+    positions: np.ndarray
+    canvas_hw: Tuple[int, int]
+    n_canvases: int
+    fallback: List[bool]
+    geometry: List[FrameGeometry]
+
+    def canvas_boxes(self) -> np.ndarray:
+        """ndarray[K, 4] int64: each crop's xyxy on its canvas."""
+        wh = self.boxes[:, 2:] - self.boxes[:, :2]
+        return np.concatenate([self.positions, self.positions + wh], axis=1)
+
+
+def _box_area(b: np.ndarray) -> np.ndarray:
+    return (b[..., 2] - b[..., 0]).clip(min=0) * (b[..., 3] - b[..., 1]).clip(min=0)
+
+
+def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """ndarray[N, 4], ndarray[M, 4] -> ndarray[N, M] intersection areas."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    return (rb - lt).clip(min=0).prod(-1)
+
+
+def _has_native(adapter: Adapter) -> bool:
+    """Whether the adapter can run images at scale 1 (``preprocess_native``, e.g. YOLOv5Adapter)."""
+    return callable(getattr(adapter, "preprocess_native", None))
+
+
+def _timed_predict_native(
+    adapter: Adapter, canvases: Sequence[np.ndarray]
+) -> Tuple[List[Detections], float, Tuple[int, int]]:
+    """Canvases through the adapter at scale 1 -> (detections in canvas pixels, ms, input (h, w))."""
+    if not _has_native(adapter):
+        # Canvases then have their long side at img_size, which a letterbox leaves unscaled.
+        return Executor._timed_predict(adapter, canvases)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        batch, metas = adapter.preprocess_native(canvases)  # type: ignore[attr-defined]
+        dets = adapter.postprocess(adapter.forward(batch), metas)
+    return dets, (time.perf_counter() - t0) * 1e3, (int(batch.shape[-2]), int(batch.shape[-1]))
+
+
+def filter_crop_detections(
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    crop_index: np.ndarray,
+    crops: np.ndarray,
+    content_box: Sequence[float],
+    border_tol: float = 2.0,
+    min_cover: float = 0.5,
+) -> np.ndarray:
+    """Which detections of one frame to keep, before duplicates are merged.
+
+    A detection is *cut* when one of its edges lies within ``border_tol`` pixels of an edge of its
+    crop that runs through the image (not along the image border). A cut detection is dropped
+    when a detection of the same class from another crop, itself not cut, covers at least
+    ``min_cover`` of its area: that crop holds the object whole.
+
+    Args:
+        boxes (ndarray[N, 4]): detections, letterboxed-frame pixels.
+        labels (ndarray[N] int).
+        crop_index (ndarray[N] int): row of ``crops`` each detection came from.
+        crops (ndarray[K, 4]): crop boxes, letterboxed-frame pixels.
+        content_box: xyxy of the image content in the letterboxed frame.
+
+    Returns:
+        ndarray[N] bool.
+    """
+    n = len(boxes)
+    keep = np.ones(n, bool)
+    if n == 0 or len(crops) < 2:
+        return keep
+    c = crops[crop_index].astype(np.float64)
+    cl, ct, cr, cb = (float(v) for v in content_box)
+    cut = (
+        ((boxes[:, 0] <= c[:, 0] + border_tol) & (c[:, 0] > cl))
+        | ((boxes[:, 1] <= c[:, 1] + border_tol) & (c[:, 1] > ct))
+        | ((boxes[:, 2] >= c[:, 2] - border_tol) & (c[:, 2] < cr))
+        | ((boxes[:, 3] >= c[:, 3] - border_tol) & (c[:, 3] < cb))
+    )
+    ci, wi = np.flatnonzero(cut), np.flatnonzero(~cut)
+    if len(ci) == 0 or len(wi) == 0:
+        return keep
+    # Intersections only for the (cut, whole) pairs that could replace: same class, other crop.
+    same_class = labels[ci][:, None] == labels[wi][None, :]
+    a, w = np.nonzero(same_class & (crop_index[ci][:, None] != crop_index[wi][None, :]))
+    if len(a) == 0:
+        return keep
+    bc, bw = boxes[ci[a]], boxes[wi[w]]
+    inter = (np.minimum(bc[:, 2:], bw[:, 2:]) - np.maximum(bc[:, :2], bw[:, :2])).clip(min=0).prod(1)
+    replaced = inter >= min_cover * np.maximum(_box_area(bc), 1e-9)
+    keep[ci[np.unique(a[replaced])]] = False
+    return keep
+
+
+class PackedCropsExecutor(Executor):
+    """Packs the proposed regions onto a few canvases and runs the detector once on them.
+
+    Per frame: proposal boxes -> network pixels -> context margin -> snapped to the ``align``
+    grid -> merged when one crop costs no more than two. All crops of the batch are packed
+    together with ``rectpack`` onto canvases of one shape, chosen among ``canvas_sizes`` to use
+    the fewest pixels. A frame runs whole (exactly as the unwrapped detector) when its crops
+    would cost at least ``fallback_ratio`` of its own input, and all packed frames do when the
+    canvases would, or when a crop fits no canvas: no region is ever dropped.
+
+    Detections are assigned to the crop that holds most of their box; those mostly outside it
+    (in padding or a neighbour crop) are dropped, as are detections cut by a crop border when
+    another crop holds the object whole; duplicates are merged by class-aware NMS at the
+    adapter's IoU threshold.
+
+    Requires a YOLO-style adapter (letterbox to ``img_size`` on the long side); see the module doc.
+
+    Args:
+        margin: context added around each region per side, network pixels.
+        margin_rel: context per side as a share of the region's width/height.
+        gap: free pixels between crops on a canvas (filled with ``adapter.pad_value``); rounded up
+            to whole ``align`` cells so that crops stay on the grid.
+        align: crop grid, pixels; divides the adapter's stride. ``None``: the stride. 1 disables
+            snapping.
+        canvas_sizes: canvas shapes ``(h, w)`` to choose from, multiples of the stride, at most
+            ``img_size`` (long side exactly ``img_size`` without ``preprocess_native``); default
+            :func:`~argos.executors.packing.candidate_canvases`.
+        fallback_ratio: run frames whole when the canvases would cover at least this share of
+            their full-frame input area.
+        min_inside: share of a detection's box that must lie inside its crop.
+        border_tol: pixels within which a box edge counts as touching a crop border.
+    """
+
+    def __init__(
+        self,
+        margin: float = 8.0,
+        margin_rel: float = 0.0,
+        gap: int = 8,
+        align: Optional[int] = None,
+        canvas_sizes: Optional[Sequence[Tuple[int, int]]] = None,
+        fallback_ratio: float = 0.8,
+        min_inside: float = 0.5,
+        border_tol: float = 2.0,
+    ) -> None:
+        super().__init__()
+        if margin < 0 or margin_rel < 0:
+            raise ValueError(f"margins must be >= 0, got margin={margin}, margin_rel={margin_rel}")
+        if int(gap) != gap or gap < 0:
+            raise ValueError(f"gap must be a whole number of pixels >= 0, got {gap}")
+        if align is not None and (int(align) != align or align < 1):
+            raise ValueError(f"align must be a whole number of pixels >= 1 or None, got {align}")
+        if not 0.0 < fallback_ratio:
+            raise ValueError(f"fallback_ratio must be > 0, got {fallback_ratio}")
+        if not 0.0 <= min_inside <= 1.0:
+            raise ValueError(f"min_inside must be in [0, 1], got {min_inside}")
+        self.margin, self.margin_rel = float(margin), float(margin_rel)
+        self.gap, self.align = int(gap), None if align is None else int(align)
+        self.canvas_sizes = None if canvas_sizes is None else [(int(h), int(w)) for h, w in canvas_sizes]
+        if self.canvas_sizes is not None and not self.canvas_sizes:
+            raise ValueError("canvas_sizes must not be empty")
+        self.fallback_ratio = float(fallback_ratio)
+        self.min_inside, self.border_tol = float(min_inside), float(border_tol)
+        self.last_plan: Optional[CropPlan] = None
+        self._default_canvases: Dict[Tuple[int, int, bool, bool], List[Tuple[int, int]]] = {}
+        self._flops_fit: Optional[Tuple[Any, Optional[Tuple[float, float]]]] = None
+
+    # ---- planning ----
+
+    def _align(self, adapter: Adapter) -> int:
+        stride = int(adapter.stride)
+        align = stride if self.align is None else self.align
+        if stride % align:
+            raise ValueError(f"align={align} must divide the adapter stride {stride}")
+        return align
+
+    def _candidates(self, adapter: Adapter) -> List[Tuple[int, int]]:
+        size, stride = int(adapter.img_size), int(adapter.stride)
+        native = _has_native(adapter)
+        rect = bool(getattr(adapter, "rect", True))
+        if self.canvas_sizes is None:
+            key = (size, stride, rect, native)
+            if key not in self._default_canvases:
+                self._default_canvases[key] = candidate_canvases(size, stride, rect=rect, native=native)
+            return self._default_canvases[key]
+        for h, w in self.canvas_sizes:
+            if h % stride or w % stride or min(h, w) <= 0 or max(h, w) > size:
+                raise ValueError(
+                    f"canvas (h, w) = {(h, w)} must have sides that are multiples of the stride {stride}, "
+                    f"at most img_size={size}"
+                )
+            if not native and max(h, w) != size:
+                raise ValueError(
+                    f"canvas (h, w) = {(h, w)} must have its long side at img_size={size}: "
+                    f"{type(adapter).__name__} has no preprocess_native and would rescale it"
+                )
+        return list(self.canvas_sizes)
+
+    def _frame_crops(self, boxes: torch.Tensor, geo: FrameGeometry, align: int, gap: int) -> np.ndarray:
+        """Proposal boxes (original pixels) -> merged crop boxes (ndarray[K, 4] int64, network pixels)."""
+        (rw, rh), (left, top) = geo.ratio, geo.pad
+        b = boxes.detach().cpu().numpy().astype(np.float64).reshape(-1, 4)
+        b = b * (rw, rh, rw, rh) + (left, top, left, top)
+        b = expand_boxes(b, self.margin, self.margin_rel, geo.resized, (left, top))
+        b = snap_boxes(b, align, geo.input_size)
+        return merge_boxes(b, gap)
+
+    def plan(self, adapter: Adapter, images: Sequence[np.ndarray], proposals: Sequence[RegionProposals]) -> CropPlan:
+        """Decide the crops, the canvases and which frames run whole (no image work)."""
+        self._check(images, proposals)
+        candidates, align = self._candidates(adapter), self._align(adapter)
+        gap = -(-self.gap // align) * align  # what a gap takes on the canvas grid
+        size, stride, rect = int(adapter.img_size), int(adapter.stride), bool(getattr(adapter, "rect", True))
+        geos = [frame_geometry(im.shape[:2], size, stride, rect) for im in images]
+        fallback = [False] * len(images)
+        crops: List[np.ndarray] = []
+        frames: List[int] = []
+        for i, (p, geo) in enumerate(zip(proposals, geos)):
+            if len(p.boxes) == 0:
+                continue
+            c = self._frame_crops(p.boxes, geo, align, gap)
+            if len(c) == 0:
+                continue
+            frame_area = geo.input_size[0] * geo.input_size[1]
+            cost = float(((c[:, 2] - c[:, 0] + gap) * (c[:, 3] - c[:, 1] + gap)).sum())
+            if cost >= self.fallback_ratio * frame_area:
+                fallback[i] = True
+                continue
+            crops.append(c)
+            frames.extend([i] * len(c))
+        boxes = np.concatenate(crops) if crops else np.zeros((0, 4), np.int64)
+        frame_index = np.asarray(frames, np.int64)
+        packing: Optional[Packing] = None
+        if len(boxes):
+            budget = self.fallback_ratio * sum(
+                geos[i].input_size[0] * geos[i].input_size[1] for i in set(frames)
+            )
+            sizes = boxes[:, 2:] - boxes[:, :2]
+            try:
+                packing = choose_and_pack(sizes, candidates, gap, align, budget)
+            except PackingError:
+                packing = None  # rectpack left a crop out: run those frames whole rather than lose it
+            if packing is None or packing.area >= budget:
+                for i in set(frames):
+                    fallback[i] = True
+                boxes, frame_index, packing = boxes[:0], frame_index[:0], None
+        if packing is None:
+            none = np.zeros(0, np.int64)
+            return CropPlan(frame_index, boxes, none, none.reshape(0, 2), (0, 0), 0, fallback, geos)
+        return CropPlan(
+            frame_index, boxes, packing.canvas_index, packing.positions,
+            packing.canvas_hw, packing.n_canvases, fallback, geos,
+        )  # fmt: skip
+
+    # ---- running ----
+
+    def _canvases(self, adapter: Adapter, images: Sequence[np.ndarray], plan: CropPlan) -> List[np.ndarray]:
+        from argos.adapters.yolov5 import letterbox
+
+        size, stride, rect = int(adapter.img_size), int(adapter.stride), bool(getattr(adapter, "rect", True))
+        h, w = plan.canvas_hw
+        canvases = [np.full((h, w, 3), adapter.pad_value, np.uint8) for _ in range(plan.n_canvases)]
+        placed = plan.canvas_boxes()
+        for i in np.unique(plan.frame_index).tolist():
+            boxed, meta = letterbox(images[i], size, stride, rect, adapter.pad_value)
+            if tuple(boxed.shape[:2]) != plan.geometry[i].input_size or meta.pad != plan.geometry[i].pad:
+                raise RuntimeError(f"letterbox of frame {i} does not match the planned geometry")
+            for k in np.flatnonzero(plan.frame_index == i).tolist():
+                x1, y1, x2, y2 = plan.boxes[k].tolist()
+                cx1, cy1, cx2, cy2 = placed[k].tolist()
+                canvases[plan.canvas_index[k]][cy1:cy2, cx1:cx2] = boxed[y1:y2, x1:x2]
+        return canvases
+
+    def run(
+        self, adapter: Adapter, images: Sequence[np.ndarray], proposals: Sequence[RegionProposals]
+    ) -> List[Detections]:
+        t0 = time.perf_counter()
+        plan = self.plan(adapter, images, proposals)
+        packing_ms = (time.perf_counter() - t0) * 1e3
+        self.last_plan = plan
+        n = len(images)
+        canvases = self._canvases(adapter, images, plan) if plan.n_canvases else []
+
+        detector_ms = 0.0
+        input_hw: Tuple[int, int] = (0, 0)
+        canvas_dets: List[Detections] = []
+        if canvases:
+            canvas_dets, ms, input_hw = _timed_predict_native(adapter, canvases)
+            detector_ms += ms
+            if input_hw != plan.canvas_hw:
+                raise RuntimeError(
+                    f"the adapter resized canvases {plan.canvas_hw} to {input_hw}; packed_crops needs an adapter "
+                    "with preprocess_native, or one that letterboxes to img_size on the long side"
+                )
+        full = [i for i in range(n) if plan.fallback[i]]
+        full_dets: List[Detections] = []
+        full_hw: Tuple[int, int] = (0, 0)
+        if full:
+            full_dets, ms, full_hw = self._timed_predict(adapter, [images[i] for i in full])
+            detector_ms += ms
+            if not canvases:
+                input_hw = full_hw
+
+        t1 = time.perf_counter()
+        out = [Detections.empty(im.shape[:2]) for im in images]
+        for i, d in zip(full, full_dets):
+            out[i] = d
+        per_frame = self._map_back(adapter, plan, canvas_dets)
+        for i, d in per_frame.items():
+            out[i] = d
+
+        # Stats: canvas cost shared by the frames on each canvas, by crop area.
+        gflops = [0.0] * n
+        packed_area = [0.0] * n
+        crops_per_frame = [0] * n
+        if plan.n_canvases:
+            canvas_gflops = self._canvas_gflops(adapter, plan.canvas_hw)
+            canvas_area = plan.canvas_hw[0] * plan.canvas_hw[1]
+            areas = _box_area(plan.boxes).astype(np.float64)
+            for c in range(plan.n_canvases):
+                on = plan.canvas_index == c
+                total = areas[on].sum()
+                for i in np.unique(plan.frame_index[on]).tolist():
+                    share = float(areas[on & (plan.frame_index == i)].sum() / total)
+                    gflops[i] += canvas_gflops * share
+                    packed_area[i] += canvas_area * share
+            for i in plan.frame_index.tolist():
+                crops_per_frame[i] += 1
+        if full:
+            full_gflops = float(adapter.flops(full_hw))
+            for i in full:
+                gflops[i] = full_gflops
+                packed_area[i] = float(full_hw[0] * full_hw[1])
+                crops_per_frame[i] = 1
+        frame_area = [float(g.input_size[0] * g.input_size[1]) for g in plan.geometry]
+        map_ms = (time.perf_counter() - t1) * 1e3
+        self.last_stats = {
+            "detector_ms": detector_ms,
+            "packing_ms": packing_ms,
+            "overhead_ms": (time.perf_counter() - t0) * 1e3 - detector_ms,
+            "map_ms": map_ms,
+            "gflops": gflops,
+            "input_hw": input_hw,
+            "canvases": plan.n_canvases,
+            "canvas_hw": plan.canvas_hw,
+            "crops": crops_per_frame,
+            "packed_area": packed_area,
+            "frame_area": frame_area,
+            "packed_fraction": [p / f for p, f in zip(packed_area, frame_area)],
+            "fallback": list(plan.fallback),
+        }
+        return out
+
+    def _canvas_gflops(self, adapter: Adapter, hw: Tuple[int, int]) -> float:
+        """``adapter.flops(hw)`` without a counting forward for every new canvas shape.
+
+        A convolutional network's FLOPs at inputs that are multiples of its stride are affine in
+        ``h * w``. The fit comes from two exact counts and is kept only if it predicts a third
+        exactly; otherwise every shape is counted (the adapter caches counts).
+        """
+        if self._flops_fit is None or self._flops_fit[0]() is not adapter:
+            size, stride = int(adapter.img_size), int(adapter.stride)
+            (h1, w1), (h2, w2), (h3, w3) = (size, size), (2 * stride, size), (3 * stride, 2 * stride)
+            f1, f2, f3 = (float(adapter.flops(x)) for x in ((h1, w1), (h2, w2), (h3, w3)))
+            a = (f1 - f2) / (h1 * w1 - h2 * w2)
+            c = f1 - a * h1 * w1
+            exact = abs(a * h3 * w3 + c - f3) <= 1e-6 * max(abs(f3), 1e-12)
+            self._flops_fit = (weakref.ref(adapter), (a, c) if exact else None)
+        fit = self._flops_fit[1]
+        if fit is None:
+            return float(adapter.flops(hw))
+        return fit[0] * hw[0] * hw[1] + fit[1]
+
+    def _map_back(self, adapter: Adapter, plan: CropPlan, canvas_dets: List[Detections]) -> Dict[int, Detections]:
+        """Canvas detections -> per-frame :class:`Detections` in original pixels."""
+        if not plan.n_canvases:
+            return {}
+        from torchvision.ops import batched_nms
+
+        placed = plan.canvas_boxes().astype(np.float64)
+        shift = (plan.boxes[:, :2] - plan.positions).astype(np.float64)  # canvas -> letterboxed frame
+        parts: Dict[int, List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = {}
+        for c, d in enumerate(canvas_dets):
+            on = np.flatnonzero(plan.canvas_index == c)
+            if len(d) == 0 or len(on) == 0:
+                continue
+            boxes = d.boxes.numpy().astype(np.float64)
+            inter = _intersection(boxes, placed[on])
+            best = inter.argmax(1)
+            area = _box_area(boxes)
+            inside = inter[np.arange(len(boxes)), best] >= self.min_inside * np.maximum(area, 1e-9)
+            crop = on[best]
+            for i in np.unique(plan.frame_index[crop[inside]]).tolist():
+                sel = inside & (plan.frame_index[crop] == i)
+                k = crop[sel]
+                b = boxes[sel] + np.tile(shift[k], 2)
+                parts.setdefault(i, []).append((b, d.scores.numpy()[sel], d.labels.numpy()[sel], k))
+
+        iou = float(getattr(adapter, "iou", 0.65))
+        max_det = getattr(adapter, "max_det", None)
+        out: Dict[int, Detections] = {}
+        for i in np.unique(plan.frame_index).tolist():
+            geo = plan.geometry[i]
+            if i not in parts:
+                out[i] = Detections.empty(geo.orig_size)
+                continue
+            b, s, l, k = (np.concatenate(x) for x in zip(*parts[i]))
+            frame_crops = plan.boxes[plan.frame_index == i]
+            if len(frame_crops) > 1:
+                keep = filter_crop_detections(
+                    b, l, k, plan.boxes, geo.content_box, self.border_tol, _MIN_COVER
+                )
+                b, s, l = b[keep], s[keep], l[keep]
+            bt, st, lt = torch.from_numpy(b).float(), torch.from_numpy(s).float(), torch.from_numpy(l).long()
+            if len(frame_crops) > 1:
+                order = batched_nms(bt, st, lt, iou)
+            else:
+                order = torch.argsort(st, descending=True, stable=True)
+            if max_det is not None:
+                order = order[: int(max_det)]
+            bt, st, lt = bt[order], st[order], lt[order]
+            (rw, rh), (left, top), (h, w) = geo.ratio, geo.pad, geo.orig_size
+            bt[:, [0, 2]] = ((bt[:, [0, 2]] - left) / rw).clamp_(0, w)
+            bt[:, [1, 3]] = ((bt[:, [1, 3]] - top) / rh).clamp_(0, h)
+            out[i] = Detections(bt, st, lt, geo.orig_size)
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"PackedCropsExecutor(margin={self.margin}, margin_rel={self.margin_rel}, gap={self.gap}, "
+            f"align={self.align}, fallback_ratio={self.fallback_ratio})"
+        )
