@@ -155,6 +155,12 @@ def cmd_list(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="argos", description="Run detectors only where objects may be.")
     sub = parser.add_subparsers(dest="command", required=True)
+    # These two hand their arguments to the QU-Net modules' own parsers (see their --help).
+    p = sub.add_parser("train", help="train a proposer: argos train qunet --help", add_help=False)
+    p.add_argument("model", choices=["qunet"])
+    p.set_defaults(func=_forward("argos.proposers.qunet.train"))
+    p = sub.add_parser("bench-proposer", help="regions detected, area, GFLOPs and latency of a proposer", add_help=False)
+    p.set_defaults(func=_forward("argos.proposers.qunet.bench"))
     p = sub.add_parser("bench", help="baseline vs argos, interleaved, on a COCO-format dataset")
     _add_bench_args(p)
     p.set_defaults(func=cmd_bench)
@@ -192,10 +198,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _forward(module: str):
+    def run(args) -> int:
+        import importlib
+
+        return int(importlib.import_module(module).main(args.rest) or 0)
+
+    return run
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")
-    args = build_parser().parse_args(argv)
+    args, rest = build_parser().parse_known_args(argv)
+    if args.command not in ("train", "bench-proposer") and rest:
+        build_parser().parse_args(argv)  # reports the unknown arguments the usual way
+    args.rest = rest
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:

@@ -88,3 +88,18 @@ def test_bench_on_video_against_full_frame(assets, yolov5n_weights, tmp_path):
     assert main(args) == 0
     r = json.loads(out.read_text())
     assert r["argos"]["area_processed"] < 0.3
+
+
+def test_bench_proposer_and_train_forward_to_qunet(assets, tmp_path, capsys):
+    images = assets / "data/coco128/images/train2017"
+    annotations = assets / "data/coco128/annotations/instances_train2017.json"
+    out = tmp_path / "p.json"
+    assert main(["bench-proposer", "--proposer", "qunet", "--images", str(images), "--annotations", str(annotations),
+                 "--range", "120:124", "--warmup", "0", "--no-progress", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert 0.0 < r["area_processed"] <= 1.0 and 0.0 <= r["regions_detected"] <= 1.0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "qunet", "--help"])
+    assert exit_info.value.code == 0 and "argos train qunet" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["list", "--bogus"])
