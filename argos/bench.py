@@ -41,6 +41,7 @@ class BenchConfig:
     teacher_scale: float = 1.0
     teacher_score: float = 0.5
     stride: int = 1
+    start: int = 0
     gt_score: float = 0.25
     detector: str = "yolov5"
     weights: Optional[str] = None
@@ -179,7 +180,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, keep: int = 0) -> Dict[st
         torch.set_num_threads(cfg.threads)
     # Open the data before building the detector: a wrong path should fail in milliseconds.
     if cfg.video is not None:
-        source: Any = VideoReader(cfg.video, stride=cfg.stride, limit=cfg.limit)
+        source: Any = VideoReader(cfg.video, stride=cfg.stride, limit=cfg.limit, start=cfg.start)
         run = _bench_video
     else:
         source = CocoDataset(cfg.images, cfg.annotations, classes=cfg.classes)

@@ -34,6 +34,7 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--teacher-scale", type=float, default=1.0, help="scale of teacher boxes to video pixels")
     src.add_argument("--teacher-score", type=float, default=0.5, help="keep teacher boxes with at least this score")
     src.add_argument("--stride", type=int, default=1, help="every N-th video frame")
+    src.add_argument("--start", type=int, default=0, help="first video frame (e.g. a held-out block)")
     src.add_argument("--gt-score", type=float, default=0.25,
                      help="on video: full-frame detections with this score are the ground truth")
     p.add_argument("--detector", default="yolov5", help="adapter name (default: yolov5)")
@@ -61,7 +62,7 @@ def _config(args):
         raise ValueError("give --images and --annotations, or --video")
     return BenchConfig(
         images=args.images, annotations=args.annotations, video=args.video, teacher=args.teacher,
-        teacher_scale=args.teacher_scale, teacher_score=args.teacher_score, stride=args.stride,
+        teacher_scale=args.teacher_scale, teacher_score=args.teacher_score, stride=args.stride, start=args.start,
         gt_score=args.gt_score, detector=args.detector, weights=args.weights, cfg=args.cfg,
         proposer=args.proposer, executor=args.executor, img_size=args.img_size, conf=args.conf, iou=args.iou,
         limit=args.limit, threads=args.threads, warmup=args.warmup, classes=args.classes,

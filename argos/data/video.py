@@ -27,15 +27,19 @@ class VideoReader:
         source: path to a video file or image folder, or an int camera index.
         stride: yield every ``stride``-th frame.
         limit: stop after this many yielded frames.
+        start: skip the frames before this index (they are decoded, not yielded).
     """
 
     source: Union[str, Path, int]
     stride: int = 1
     limit: Optional[int] = None
+    start: int = 0
 
     def __post_init__(self) -> None:
         if self.stride < 1:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
+        if self.start < 0:
+            raise ValueError(f"start must be >= 0, got {self.start}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         self.error: Optional[str] = None
@@ -85,14 +89,14 @@ class VideoReader:
         n = self.frame_count
         if n is None:
             raise TypeError("length unknown for this source")
-        n = (n + self.stride - 1) // self.stride
+        n = max(0, (n - self.start + self.stride - 1) // self.stride)
         return n if self.limit is None else min(n, self.limit)
 
     def __iter__(self) -> Iterator[Tuple[int, np.ndarray]]:
         self.error, self.stopped_early = None, False
         yielded = 0
         if self._files is not None:
-            for index in range(0, len(self._files), self.stride):
+            for index in range(self.start, len(self._files), self.stride):
                 image = cv2.imread(str(self._files[index]), cv2.IMREAD_COLOR)
                 if image is None:
                     self.error, self.stopped_early = f"cannot decode {self._files[index]}", True
@@ -113,7 +117,7 @@ class VideoReader:
                         self.error = f"decoding stopped at frame {index} of {expected}"
                         self.stopped_early = True
                     return
-                if index % self.stride == 0:
+                if index >= self.start and (index - self.start) % self.stride == 0:
                     yield index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
                     yielded += 1
                     if self.limit is not None and yielded >= self.limit:

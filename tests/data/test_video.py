@@ -28,6 +28,7 @@ def test_reads_file_with_stride_and_limit(tmp_path):
     assert [i for i, _ in frames] == list(range(20))
     assert frames[0][1].shape == (64, 96, 3) and frames[0][1][40, 80, 0] > 150  # RGB order
     assert [i for i, _ in VideoReader(path, stride=7)] == [0, 7, 14]
+    assert [i for i, _ in VideoReader(path, stride=4, start=5)] == [5, 9, 13, 17] and len(VideoReader(path, stride=4, start=5)) == 4
     assert len(list(VideoReader(path, stride=2, limit=3))) == 3 and len(VideoReader(path, stride=2, limit=3)) == 3
     assert not r.stopped_early and r.error is None
 
