@@ -92,6 +92,7 @@ class _Meter:
         self.parts: Dict[str, List[float]] = {"proposer": [], "detector": [], "overhead": []}
         self.gflops: Dict[str, List[float]] = {"baseline": [], "argos": [], "proposer": []}
         self._flops_cache: Dict[Tuple[int, int], float] = {}
+        self.key_frames = 0
 
     def warmup(self, image: np.ndarray, targets, n: int) -> None:
         # First-call costs (allocator, kernels, caches) are not what a stream pays.
@@ -117,6 +118,7 @@ class _Meter:
         self.gflops["argos"].append(st.gflops)
         self.gflops["proposer"].append(st.gflops_proposer)
         self.gflops["baseline"].append(self._baseline_gflops(image))
+        self.key_frames += st.key_frames
         return b, a
 
     def _baseline_gflops(self, image: np.ndarray) -> float:
@@ -146,6 +148,8 @@ class _Meter:
                 # What the detector actually computed, relative to the full frame (executors pad,
                 # align and pack regions, so this is not the proposal's area).
                 "compute_fraction": _mean(self.gflops["argos"]) / max(_mean(self.gflops["baseline"]), 1e-12),
+                # Share of images a video proposer answered with the full-frame teacher.
+                "teacher_fraction": self.key_frames / max(len(self.argos_ms), 1),
                 "regions_detected": regions["regions_detected"],
                 "regions_detected@0.95": regions["regions_detected@0.95"],
                 "regions_detected@0.9": regions["regions_detected@0.9"],
@@ -402,6 +406,8 @@ def format_table(result: Dict[str, Any]) -> str:
     lines += [f"{'':<{w0}}  {'baseline':>{w1}}  argos", "-" * (w0 + w1 + 40)]
     lines += [f"{r[0]:<{w0}}  {r[1]:>{w1}}  {r[2]}" for r in rows]
     agree = result["agreement"]["recall_vs_baseline@0.5"]
+    if a.get("teacher_fraction"):
+        lines.append(f"teacher (full-frame) share of frames: {a['teacher_fraction']:.3f}")
     lines.append(f"speedup {result['speedup']:.2f}x (proposer included) | agreement (recall of baseline @IoU0.5) {agree:.3f}")
     return "\n".join(lines)
 

@@ -8,13 +8,14 @@ previous frame's detections.
 Key-frame policy (``KeyFramePolicy``):
 - the first frame is a key frame; after that the gap between key frames is ``interval`` frames,
   starting at ``start_interval`` and kept in ``[min_interval, max_interval]``;
-- on every key frame the student is scored against the teacher *before* it trains on that
-  frame: ``recall`` = share of teacher-box pixels inside the student's mask. ``recall >= good``
+- on every key frame the proposal argos would have made without the teacher (student, motion
+  and tracked boxes) is scored against the teacher *before* the student trains on that frame:
+  ``recall`` = share of teacher-box pixels inside that proposal. ``recall >= good``
   doubles the interval (the student agrees, call the teacher less); ``recall < bad``, or a
   student loss above ``loss_jump`` x its running mean, drops it to ``min_interval``;
 - motion that the current proposal does not cover (a motion component of at least
   ``motion_area`` pixels with less than half of it inside the proposal) makes the current
-  frame a key frame at once, if the last one is at least ``min_interval`` frames old:
+  frame a key frame at once, if the last one is at least ``motion_interval`` frames old:
   something new entered the scene. The motion mask is part of every proposal anyway, so
   moving pixels are never skipped while the teacher waits.
 """
@@ -49,7 +50,7 @@ class MotionGate:
         dilate: dilation kernel size (pixels at working scale).
     """
 
-    def __init__(self, scale: float = 0.5, blur: int = 5, alpha: float = 0.05, threshold: float = 20.0, dilate: int = 5):
+    def __init__(self, scale: float = 0.5, blur: int = 5, alpha: float = 0.05, threshold: float = 30.0, dilate: int = 5):
         if not 0 < scale <= 1:
             raise ValueError(f"scale must be in (0, 1], got {scale}")
         if blur % 2 == 0:
@@ -108,12 +109,13 @@ class KeyFramePolicy:
     """When the teacher runs; see the module docstring."""
 
     min_interval: int = 2
-    max_interval: int = 16
+    max_interval: int = 32
     start_interval: int = 4
-    good: float = 0.9
-    bad: float = 0.7
+    good: float = 0.97
+    bad: float = 0.85
     loss_jump: float = 2.0
-    motion_area: int = 200
+    motion_area: int = 600
+    motion_interval: int = 8
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_interval <= self.start_interval <= self.max_interval:
@@ -132,8 +134,8 @@ class KeyFramePolicy:
         return self.since_key is None or self.since_key + 1 >= self.interval
 
     def may_trigger(self) -> bool:
-        """Whether an event (new motion) may call the teacher now: never twice within ``min_interval``."""
-        return self.since_key is None or self.since_key + 1 >= self.min_interval
+        """Whether an event (new motion) may call the teacher now: not within ``motion_interval`` of the last."""
+        return self.since_key is None or self.since_key + 1 >= self.motion_interval
 
     def tick(self, key: bool) -> None:
         self.since_key = 0 if key else (self.since_key or 0) + 1
@@ -173,17 +175,17 @@ class DistillProposer(Proposer):
         input_scale: float = 0.5,
         teacher_score: float = 0.3,
         track_score: float = 0.3,
-        track_margin: int = 12,
+        track_margin: int = 8,
         steps: int = 2,
         warmup_steps: int = 25,
         warmup_keys: int = 8,
         batch: int = 2,
         replay: int = 8,
         lr: float = 3e-3,
-        threshold: float = 0.3,
+        threshold: float = 0.5,
         policy: Optional[KeyFramePolicy] = None,
         motion: Optional[MotionGate] = None,
-        dilation: Dilation = 8,
+        dilation: Dilation = 0,
         min_area: int = 16,
         seed: int = 0,
     ) -> None:
@@ -269,7 +271,7 @@ class DistillProposer(Proposer):
         keep = self.previous[self.previous.scores >= self.track_score]
         return dilate_boxes(keep.boxes, self.track_margin, size)
 
-    def _key_frame(self, image: np.ndarray, x: torch.Tensor, prob: torch.Tensor, t0: float) -> RegionProposals:
+    def _key_frame(self, image: np.ndarray, x: torch.Tensor, proposal: torch.Tensor, t0: float) -> RegionProposals:
         if self.adapter is None:
             raise RuntimeError("the distill proposer needs its teacher: use argos.wrap(...) or call bind(adapter)")
         size = image.shape[:2]
@@ -281,9 +283,9 @@ class DistillProposer(Proposer):
         teacher_gflops = self.adapter.flops((int(batch.shape[-2]), int(batch.shape[-1])))
         confident = dets[dets.scores >= self.teacher_score]
         target_full = boxes_to_mask(confident.boxes, size)
-        # Score the student before it learns this frame: that is what it would have proposed.
-        student_mask = prob >= self.threshold
-        covered = int((student_mask & target_full).sum())
+        # Score the proposal argos would have made without the teacher, before the student
+        # learns this frame.
+        covered = int((proposal & target_full).sum())
         recall = covered / int(target_full.sum()) if bool(target_full.any()) else 1.0
         target = F.interpolate(target_full[None, None].float(), size=_out_size(x), mode="area")
         loss = self._train(x, target)
@@ -303,25 +305,26 @@ class DistillProposer(Proposer):
             moving = self.motion(image)
             x = self._student_input(image)
             prob = self._student_prob(x, size)
+            student = prob >= self.threshold
+            tracked = self._tracked_boxes(size)
+            # Boxes per source, not of the union: touching blobs of different sources would
+            # otherwise merge into one large box.
+            boxes = torch.cat([
+                mask_to_boxes(student, dilation=self.dilation, min_area=self.min_area),
+                mask_to_boxes(moving, dilation=self.dilation, min_area=self.min_area),
+                tracked,
+            ])
+            proposal = boxes_to_mask(boxes, size)
             self.frames += 1
-            key = self.policy.due()
-            if not key:
-                student = prob >= self.threshold
-                tracked = self._tracked_boxes(size)
-                covered = student | boxes_to_mask(tracked, size)
-                key = self.policy.may_trigger() and _uncovered_motion(moving, covered, self.policy.motion_area)
+            key = self.policy.due() or (
+                self.policy.may_trigger()
+                and _uncovered_motion(moving, student | boxes_to_mask(tracked, size), self.policy.motion_area)
+            )
             self.policy.tick(key)
             if key:
-                props = self._key_frame(image, x, prob, t0)
+                props = self._key_frame(image, x, proposal, t0)
             else:
-                # Boxes per source, not of the union: touching blobs of different sources would
-                # otherwise merge into one large box.
-                boxes = torch.cat([
-                    mask_to_boxes(student, dilation=self.dilation, min_area=self.min_area),
-                    mask_to_boxes(moving, dilation=self.dilation, min_area=self.min_area),
-                    tracked,
-                ])
-                props = RegionProposals(boxes_to_mask(boxes, size), boxes, scores=prob)
+                props = RegionProposals(proposal, boxes, scores=prob)
                 props.time_ms = (time.perf_counter() - t0) * 1e3
             out.append(props)
         return out

@@ -57,7 +57,7 @@ def test_mask_loss_by_hand():
 
 
 def test_policy_limits():
-    p = KeyFramePolicy(min_interval=2, max_interval=8, start_interval=4)
+    p = KeyFramePolicy(min_interval=2, max_interval=8, start_interval=4, motion_interval=2)
     assert p.due()  # first frame
     p.tick(True)
     for _ in range(3):
