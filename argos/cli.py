@@ -11,7 +11,7 @@ from typing import List, Optional
 __all__ = ["main"]
 
 
-def _kv(items: Optional[List[str]]) -> dict:
+def parse_kv(items: Optional[List[str]]) -> dict:
     """``["dilation=8", "source=masks"]`` -> ``{"dilation": 8, "source": "masks"}`` (JSON values)."""
     out = {}
     for item in items or []:
@@ -66,7 +66,7 @@ def _config(args):
         gt_score=args.gt_score, detector=args.detector, weights=args.weights, cfg=args.cfg,
         proposer=args.proposer, executor=args.executor, img_size=args.img_size, conf=args.conf, iou=args.iou,
         limit=args.limit, threads=args.threads, warmup=args.warmup, classes=args.classes,
-        proposer_kwargs=_kv(args.proposer_opt), executor_kwargs=_kv(args.executor_opt),
+        proposer_kwargs=parse_kv(args.proposer_opt), executor_kwargs=parse_kv(args.executor_opt),
     )
 
 
@@ -121,8 +121,8 @@ def cmd_run(args) -> int:
         adapter_kwargs["weights"] = args.weights
     if args.cfg:
         adapter_kwargs["cfg"] = args.cfg
-    fast = wrap(args.detector, args.proposer, args.executor, proposer_kwargs=_kv(args.proposer_opt),
-                executor_kwargs=_kv(args.executor_opt), **adapter_kwargs)
+    fast = wrap(args.detector, args.proposer, args.executor, proposer_kwargs=parse_kv(args.proposer_opt),
+                executor_kwargs=parse_kv(args.executor_opt), **adapter_kwargs)
     detections = args.detections
     if detections is None and args.json:
         detections = str(Path(args.json).with_suffix(".jsonl"))

@@ -234,16 +234,19 @@ class SparseContext:
 
     # ---- plans ----
 
-    def point_plan(self, H: int, W: int, h: int, w: int, stride: Tuple[int, int], device: torch.device) -> PointPlan:
-        key = ("point", H, W, h, w, stride, device)
+    def _cached_plan(self, key: tuple, h: int, w: int, build):
+        """The plan for ``key``, built from the mask at ``(h, w)`` on first use in this frame."""
         plan = self._plans.get(key)
         if plan is None:
-            m = self.mask_at(h, w)
             t0 = time.perf_counter()
-            plan = _point_plan(m.to(device), H, W, stride)
+            plan = build(self.mask_at(h, w))
             self._plans[key] = plan
             self.stats.index_ms += (time.perf_counter() - t0) * 1e3
-        return plan  # type: ignore[return-value]
+        return plan
+
+    def point_plan(self, H: int, W: int, h: int, w: int, stride: Tuple[int, int], device: torch.device) -> PointPlan:
+        key = ("point", H, W, h, w, stride, device)
+        return self._cached_plan(key, h, w, lambda m: _point_plan(m.to(device), H, W, stride))
 
     def tile_plan(
         self,
@@ -257,14 +260,7 @@ class SparseContext:
     ) -> TilePlan:
         """``geometry``: ``(kernel, stride, padding (top, left), dilation, tile)``, each ``(y, x)``."""
         key = ("tile", H, W, h, w, geometry, dtype, device)
-        plan = self._plans.get(key)
-        if plan is None:
-            m = self.mask_at(h, w)
-            t0 = time.perf_counter()
-            plan = _tile_plan(m.to(device), H, W, geometry, dtype)
-            self._plans[key] = plan
-            self.stats.index_ms += (time.perf_counter() - t0) * 1e3
-        return plan  # type: ignore[return-value]
+        return self._cached_plan(key, h, w, lambda m: _tile_plan(m.to(device), H, W, geometry, dtype))
 
     def im2col_plan(
         self,
@@ -278,14 +274,7 @@ class SparseContext:
     ) -> Im2colPlan:
         """``geometry``: ``(kernel, stride, padding (top, left), dilation)``, each ``(y, x)``."""
         key = ("im2col", H, W, h, w, geometry, dtype, device)
-        plan = self._plans.get(key)
-        if plan is None:
-            m = self.mask_at(h, w)
-            t0 = time.perf_counter()
-            plan = _im2col_plan(m.to(device), H, W, geometry, dtype)
-            self._plans[key] = plan
-            self.stats.index_ms += (time.perf_counter() - t0) * 1e3
-        return plan  # type: ignore[return-value]
+        return self._cached_plan(key, h, w, lambda m: _im2col_plan(m.to(device), H, W, geometry, dtype))
 
     def count(self, h: int, w: int, tile: Tuple[int, int]) -> int:
         """Active ``tile``-sized tiles of the ``(h, w)`` mask, all frames together (cached)."""

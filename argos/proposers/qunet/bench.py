@@ -311,24 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _kv(items: Optional[List[str]]) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"expected KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     """``argos bench-proposer`` entry point."""
+    from argos.cli import parse_kv
+
     a = build_parser().parse_args(argv)
     cfg = ProposerBenchConfig(
-        proposer=a.proposer, weights=a.weights, preset=a.preset, proposer_kwargs=_kv(a.proposer_opt),
+        proposer=a.proposer, weights=a.weights, preset=a.preset, proposer_kwargs=parse_kv(a.proposer_opt),
         images=a.images, annotations=a.annotations, classes=a.classes, video=a.video, boxes_json=a.boxes_json,
         boxes_scale=a.boxes_scale, min_score=a.min_score, range=a.range, targets=a.targets, detector=a.detector,
         detector_weights=a.detector_weights, detector_min_score=a.detector_min_score, img_size=a.img_size,
