@@ -132,7 +132,7 @@ def cmd_run(args) -> int:
     line = (f"{summary['frames']} frames | {summary['fps']:.1f} fps | teacher fraction {summary['teacher_fraction']:.3f}"
             f" | area processed {summary['area_processed']:.3f} | median ms {summary['latency_ms']['median']:.1f}"
             f" (proposer {summary['latency_ms']['proposer']:.1f}, detector {summary['latency_ms']['detector']:.1f})")
-    print(line)
+    print(line + f" | RSS {summary['memory_mb']['rss_first_frame']:.0f} -> {summary['memory_mb']['rss_end']:.0f} MiB")
     if args.compare:
         print(f"baseline {summary['baseline_fps']:.1f} fps | speedup {summary['speedup']:.2f}x | agreement "
               f"{summary['agreement']:.3f} | mAP50 vs baseline {summary['map50_vs_baseline']:.3f}")

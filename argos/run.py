@@ -2,8 +2,8 @@
 
 Per-frame detections go to a JSON-lines file as they are made (flushed every frame), so a
 crash or a truncated video loses nothing already written. The summary JSON has ``frames``,
-``fps``, ``teacher_fraction``, ``area_processed`` and ``latency_ms`` (``median``, ``proposer``,
-``detector``); with ``compare=True`` the unwrapped detector also runs on every frame,
+``fps``, ``teacher_fraction``, ``area_processed``, ``latency_ms`` (``median``, ``proposer``,
+``detector``) and ``memory_mb`` (resident memory after the first frame and at the end); with ``compare=True`` the unwrapped detector also runs on every frame,
 interleaved, and the summary adds ``baseline_fps``, ``speedup``, ``agreement`` and
 ``map50_vs_baseline``.
 """
@@ -40,6 +40,17 @@ class RunConfig:
     classes: Optional[List[str]] = None
     gt_score: float = 0.25
     agreement_score: float = 0.25
+
+
+def _rss_mb() -> float:
+    """Resident memory of this process now, MiB (Linux /proc; 0 where unavailable)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _median(xs: List[float]) -> float:
@@ -85,6 +96,7 @@ def run_stream(fast: Wrapped, cfg: RunConfig, progress: bool = True, min_score: 
     ours: List[Detections] = []
     theirs: List[Detections] = []
     frames = 0
+    rss_first = 0.0
 
     def select(d: Detections, score: float) -> Detections:
         ok = d.scores >= score
@@ -112,6 +124,8 @@ def run_stream(fast: Wrapped, cfg: RunConfig, progress: bool = True, min_score: 
             areas.append(st.area_processed)
             key_frames += st.key_frames
             frames += 1
+            if frames == 1:
+                rss_first = _rss_mb()
             if lines is not None:
                 lines.write(_record(index, dets[dets.scores >= min_score], names) + "\n")
                 lines.flush()
@@ -144,6 +158,8 @@ def run_stream(fast: Wrapped, cfg: RunConfig, progress: bool = True, min_score: 
         "area_processed": sum(areas) / frames,
         "latency_ms": {"median": argos_med, "proposer": _median(times["proposer"]),
                        "detector": _median(times["detector"])},
+        # Resident memory after the first frame and at the end: a stream must not grow.
+        "memory_mb": {"rss_first_frame": round(rss_first, 1), "rss_end": round(_rss_mb(), 1)},
         "config": {"proposer": type(fast.proposer).__name__, "executor": type(fast.executor).__name__,
                    "stride": cfg.stride, "limit": cfg.limit, "classes": cfg.classes,
                    "torch_threads": torch.get_num_threads()},

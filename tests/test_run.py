@@ -41,6 +41,7 @@ def test_run_writes_detections_summary_and_video(clip, yolov5n_weights, tmp_path
     assert 0 < s["teacher_fraction"] <= 1 and 0 < s["area_processed"] <= 1
     assert {"baseline_fps", "speedup", "agreement", "map50_vs_baseline"} <= set(s)
     assert 0.5 <= s["agreement"] <= 1.0
+    assert 0 < s["memory_mb"]["rss_first_frame"] <= s["memory_mb"]["rss_end"] * 2
     records = _lines(summary.with_suffix(".jsonl"))
     assert [r["frame"] for r in records] == list(range(16))
     assert any("person" in r["names"] for r in records)
