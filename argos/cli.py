@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_forward("argos.proposers.qunet.train"))
     p = sub.add_parser("bench-proposer", help="regions detected, area, GFLOPs and latency of a proposer", add_help=False)
     p.set_defaults(func=_forward("argos.proposers.qunet.bench"))
+    p = sub.add_parser("export", help="export a proposer to ONNX: argos export qunet --help", add_help=False)
+    p.add_argument("model", choices=["qunet"])
+    p.set_defaults(func=_forward("argos.proposers.qunet.export"))
     p = sub.add_parser("bench", help="baseline vs argos, interleaved, on a COCO-format dataset")
     _add_bench_args(p)
     p.set_defaults(func=cmd_bench)
@@ -212,7 +215,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")
     args, rest = build_parser().parse_known_args(argv)
-    if args.command not in ("train", "bench-proposer") and rest:
+    if args.command not in ("train", "bench-proposer", "export") and rest:
         build_parser().parse_args(argv)  # reports the unknown arguments the usual way
     args.rest = rest
     try:

@@ -103,3 +103,11 @@ def test_bench_proposer_and_train_forward_to_qunet(assets, tmp_path, capsys):
     assert exit_info.value.code == 0 and "argos train qunet" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["list", "--bogus"])
+
+
+def test_export_forwards_to_qunet(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "q.onnx"
+    assert main(["export", "qunet", "--weights", "qunet-street", "--onnx", str(out)]) == 0
+    assert out.stat().st_size > 10_000
