@@ -60,6 +60,8 @@ class MotionGate:
 
     def reset(self) -> None:
         self._background: Optional[np.ndarray] = None
+        #: the last mask at working scale (uint8 0/1), for cheap connected components
+        self.last_small: Optional[np.ndarray] = None
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         """RGB image (H, W, 3) uint8 -> Tensor[H, W] bool of changed pixels."""
@@ -70,11 +72,13 @@ class MotionGate:
         gray = cv2.GaussianBlur(gray, (self.blur, self.blur), 0).astype(np.float32)
         if self._background is None or self._background.shape != gray.shape:
             self._background = gray.copy()
+            self.last_small = np.zeros(gray.shape, np.uint8)
             return torch.zeros(h, w, dtype=torch.bool)
         changed = (cv2.absdiff(gray, self._background) > self.threshold).astype(np.uint8)
         cv2.accumulateWeighted(gray, self._background, self.alpha)
         if self.dilate > 1:
             changed = cv2.dilate(changed, np.ones((self.dilate, self.dilate), np.uint8))
+        self.last_small = changed
         if changed.shape != (h, w):
             changed = cv2.resize(changed, (w, h), interpolation=cv2.INTER_NEAREST)
         return torch.from_numpy(changed.astype(bool))
@@ -238,10 +242,12 @@ class DistillProposer(Proposer):
         small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         return torch.from_numpy(small).permute(2, 0, 1).float().div(255).unsqueeze(0)
 
-    def _student_prob(self, x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    def _student_prob(self, x: torch.Tensor, size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """-> (probability Tensor[H, W] at frame size, probability Tensor[h/8, w/8] on the student's grid)."""
         with torch.inference_mode():
             logits = self.student(x)
-            return torch.sigmoid(F.interpolate(logits, size=size, mode="bilinear", align_corners=False))[0, 0]
+            full = torch.sigmoid(F.interpolate(logits, size=size, mode="bilinear", align_corners=False))[0, 0]
+            return full, torch.sigmoid(logits)[0, 0]
 
     def _train(self, x: torch.Tensor, target: torch.Tensor) -> float:
         """A few optimizer steps on the newest key frame plus replayed ones; returns the mean loss."""
@@ -263,6 +269,16 @@ class DistillProposer(Proposer):
         return float(np.mean(losses)) if losses else float("nan")
 
     # -- proposals ---------------------------------------------------------------------------
+
+    def _grid_boxes(self, grid_mask, size: Tuple[int, int]) -> torch.Tensor:
+        """Component boxes of a coarse mask, scaled out to frame pixels (whole pixels), then dilated."""
+        grid_mask = torch.as_tensor(np.asarray(grid_mask)).bool()
+        gh, gw = grid_mask.shape
+        sy, sx = size[0] / gh, size[1] / gw
+        boxes = mask_to_boxes(grid_mask, min_area=max(1, round(self.min_area / (sx * sy))))
+        boxes[:, 0::2] = (boxes[:, 0::2] * sx).round()
+        boxes[:, 1::2] = (boxes[:, 1::2] * sy).round()
+        return dilate_boxes(boxes, self.dilation, size) if self.dilation else boxes
 
     def _tracked_boxes(self, size: Tuple[int, int]) -> torch.Tensor:
         """Previous confident detections grown by ``track_margin`` (Tensor[K, 4])."""
@@ -304,21 +320,23 @@ class DistillProposer(Proposer):
             size = image.shape[:2]
             moving = self.motion(image)
             x = self._student_input(image)
-            prob = self._student_prob(x, size)
+            prob, prob_grid = self._student_prob(x, size)
             student = prob >= self.threshold
             tracked = self._tracked_boxes(size)
             # Boxes per source, not of the union: touching blobs of different sources would
-            # otherwise merge into one large box.
+            # otherwise merge into one large box. Components are found on each source's own
+            # coarse grid (a few ms less per frame than at full resolution).
             boxes = torch.cat([
-                mask_to_boxes(student, dilation=self.dilation, min_area=self.min_area),
-                mask_to_boxes(moving, dilation=self.dilation, min_area=self.min_area),
+                self._grid_boxes(prob_grid >= self.threshold, size),
+                self._grid_boxes(self.motion.last_small, size),
                 tracked,
             ])
             proposal = boxes_to_mask(boxes, size)
             self.frames += 1
             key = self.policy.due() or (
                 self.policy.may_trigger()
-                and _uncovered_motion(moving, student | boxes_to_mask(tracked, size), self.policy.motion_area)
+                and _uncovered_motion(self.motion.last_small, student | boxes_to_mask(tracked, size),
+                                      self.policy.motion_area)
             )
             self.policy.tick(key)
             if key:
@@ -346,14 +364,17 @@ def _mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce + dice
 
 
-def _uncovered_motion(moving: torch.Tensor, mask: torch.Tensor, min_area: int) -> bool:
-    """True when a motion component of >= min_area pixels lies mostly outside ``mask``."""
-    if not bool(moving.any()):
+def _uncovered_motion(moving_small: np.ndarray, covered: torch.Tensor, min_area: int) -> bool:
+    """True when a motion component (on the motion gate's grid) of >= ``min_area`` frame pixels lies
+    mostly outside ``covered`` (Tensor[H, W] bool at frame size)."""
+    if moving_small is None or not moving_small.any():
         return False
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(moving.numpy().astype(np.uint8), connectivity=8)
-    big = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area]
+    gh, gw = moving_small.shape
+    scale = (covered.shape[0] / gh) * (covered.shape[1] / gw)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(moving_small.astype(np.uint8), connectivity=8)
+    big = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] * scale >= min_area]
     if not big:
         return False
-    lab = torch.from_numpy(labels)
-    inside = torch.bincount(lab[mask].flatten(), minlength=n)
+    small_cover = cv2.resize(covered.numpy().astype(np.uint8), (gw, gh), interpolation=cv2.INTER_NEAREST).astype(bool)
+    inside = np.bincount(labels[small_cover].ravel(), minlength=n)
     return any(int(inside[i]) * 2 < int(stats[i, cv2.CC_STAT_AREA]) for i in big)
