@@ -11,7 +11,7 @@ import torch
 from argos.adapters.base import Adapter
 from argos.structures import Detections, RegionProposals
 
-__all__ = ["Executor"]
+__all__ = ["Executor", "keep_inside"]
 
 
 class Executor(abc.ABC):
@@ -48,3 +48,13 @@ class Executor(abc.ABC):
             batch, metas = adapter.preprocess(images)
             dets = adapter.postprocess(adapter.forward(batch), metas)
         return dets, (time.perf_counter() - t0) * 1e3, (int(batch.shape[-2]), int(batch.shape[-1]))
+
+
+def keep_inside(dets: Detections, mask: torch.Tensor) -> Detections:
+    """Keep detections whose box centre falls on an active pixel of ``mask`` (Tensor[H, W] bool)."""
+    if len(dets) == 0 or bool(mask.all()):
+        return dets
+    h, w = mask.shape
+    cx = ((dets.boxes[:, 0] + dets.boxes[:, 2]) / 2).floor().long().clamp(0, w - 1)
+    cy = ((dets.boxes[:, 1] + dets.boxes[:, 3]) / 2).floor().long().clamp(0, h - 1)
+    return dets[mask[cy, cx]]

@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from argos.adapters.base import Adapter
-from argos.executors.base import Executor
-from argos.executors.masked import _keep_inside
+from argos.executors.base import Executor, keep_inside
 from argos.executors.sparse import SparseContext, SparseConv2d, context_of, convert, sparse_layers
 from argos.structures import Detections, RegionProposals
 
@@ -214,7 +213,7 @@ class GatherScatterExecutor(Executor):
         for i, d in zip(active, out):
             dets[i] = d
         if self.drop_outside:
-            dets = [_keep_inside(d, p.mask) for d, p in zip(dets, proposals)]
+            dets = [keep_inside(d, p.mask) for d, p in zip(dets, proposals)]
 
         dense_gflops = adapter.flops(input_hw)
         for k, i in enumerate(active):

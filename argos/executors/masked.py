@@ -5,10 +5,9 @@ import time
 from typing import List, Sequence
 
 import numpy as np
-import torch
 
 from argos.adapters.base import Adapter
-from argos.executors.base import Executor
+from argos.executors.base import Executor, keep_inside
 from argos.structures import Detections, RegionProposals
 
 __all__ = ["MaskedExecutor"]
@@ -50,7 +49,7 @@ class MaskedExecutor(Executor):
                 dets[i] = d
         t1 = time.perf_counter()
         if self.drop_outside:
-            dets = [_keep_inside(d, p.mask) for d, p in zip(dets, proposals)]
+            dets = [keep_inside(d, p.mask) for d, p in zip(dets, proposals)]
         gflops = adapter.flops(input_hw) if inputs else 0.0
         self.last_stats = {
             "detector_ms": detector_ms,
@@ -59,13 +58,3 @@ class MaskedExecutor(Executor):
             "input_hw": input_hw,
         }
         return dets
-
-
-def _keep_inside(dets: Detections, mask: torch.Tensor) -> Detections:
-    """Keep detections whose box centre falls on an active mask pixel."""
-    if len(dets) == 0 or bool(mask.all()):
-        return dets
-    h, w = mask.shape
-    cx = ((dets.boxes[:, 0] + dets.boxes[:, 2]) / 2).floor().long().clamp(0, w - 1)
-    cy = ((dets.boxes[:, 1] + dets.boxes[:, 3]) / 2).floor().long().clamp(0, h - 1)
-    return dets[mask[cy, cx]]
