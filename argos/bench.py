@@ -12,8 +12,6 @@ the argos latency includes the proposer.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import statistics
 import time
@@ -257,6 +255,7 @@ def _bench_video(cfg: BenchConfig, fast: Wrapped, reader, progress: bool, keep: 
     from tqdm import tqdm
 
     from argos.data.video import load_frame_boxes
+    from argos.metrics.coco_eval import map_against, reference_targets
     from argos.metrics.detection import precision_recall, recall_vs_reference
     from argos.metrics.regions import RegionStats
 
@@ -266,7 +265,7 @@ def _bench_video(cfg: BenchConfig, fast: Wrapped, reader, progress: bool, keep: 
     elif fast.proposer.needs_targets:
         raise ValueError(f"proposer {cfg.proposer!r} needs per-frame boxes on video: pass a teacher file")
     names = fast.adapter.names
-    keep_labels = _class_ids(names, cfg.classes)
+    keep_labels = fast.adapter.class_ids(cfg.classes)
 
     def targets_of(index: int):
         if not fast.proposer.needs_targets:
@@ -289,7 +288,7 @@ def _bench_video(cfg: BenchConfig, fast: Wrapped, reader, progress: bool, keep: 
         raise ValueError(f"no frame could be decoded from {cfg.video}") from None
     meter.warmup(first, targets_of(first_index), cfg.warmup)
     dets: Dict[str, List[Detections]] = {"baseline": [], "argos": []}
-    gts, samples, regions = [], [], RegionStats()
+    samples, regions = [], RegionStats()
     total = len(reader) if reader.frame_count is not None else None
 
     def all_frames() -> Iterable[Tuple[int, np.ndarray]]:
@@ -299,20 +298,18 @@ def _bench_video(cfg: BenchConfig, fast: Wrapped, reader, progress: bool, keep: 
     for i, (index, frame) in enumerate(tqdm(all_frames(), total=total, desc=f"bench {cfg.proposer}+{cfg.executor}",
                                             disable=not progress, unit="frame")):
         b, a = meter.step(i, frame, targets_of(index))
-        gt = select(b, cfg.gt_score)
-        regions.update(fast.last_proposals[0].mask, gt.boxes)
+        regions.update(fast.last_proposals[0].mask, select(b, cfg.gt_score).boxes)
         dets["baseline"].append(select(b))
         dets["argos"].append(select(a))
-        gts.append({"boxes": gt.boxes, "labels": gt.labels, "iscrowd": torch.zeros(len(gt), dtype=torch.bool)})
         if i < keep:
             samples.append({"image": frame, "proposals": fast.last_proposals[0], "argos": a, "baseline": b})
     if reader.stopped_early:
-        print(f"warning: {cfg.video}: {reader.error}; benchmarked the {len(gts)} frames that decoded")
-    n = len(gts)
-    coco_gt = _coco_from_detections(gts, [d.image_size for d in dets["baseline"]])
+        print(f"warning: {cfg.video}: {reader.error}; benchmarked the {len(dets['baseline'])} frames that decoded")
+    n = len(dets["baseline"])
+    gts = reference_targets(dets["baseline"], cfg.gt_score)
     scores = {}
     for side in ("baseline", "argos"):
-        m = _map_vs(coco_gt, dets[side])
+        m = map_against(gts, [d.image_size for d in dets["baseline"]], dets[side])
         pr = precision_recall(dets[side], gts)
         scores[side] = {"map50": m["map50"], "map50_95": m["map50_95"], "precision": pr["precision"],
                         "recall": pr["recall"]}
@@ -325,47 +322,6 @@ def _bench_video(cfg: BenchConfig, fast: Wrapped, reader, progress: bool, keep: 
     if keep:
         result["_samples"] = samples
     return result
-
-
-def _class_ids(names: Dict[int, str], classes: Optional[List[str]]) -> Optional[torch.Tensor]:
-    if not classes:
-        return None
-    by_name = {v: k for k, v in names.items()}
-    unknown = [c for c in classes if c not in by_name]
-    if unknown:
-        raise ValueError(f"unknown class(es) {unknown} for this detector; valid: {', '.join(sorted(by_name))}")
-    return torch.tensor([by_name[c] for c in classes])
-
-
-def _coco_from_detections(gts: List[Dict[str, torch.Tensor]], sizes: List[Tuple[int, int]]):
-    """Ground truth given as per-frame boxes/labels -> an in-memory pycocotools COCO (ids = index + 1)."""
-    from pycocotools.coco import COCO
-
-    labels = sorted({int(l) for g in gts for l in g["labels"].tolist()})
-    images, anns = [], []
-    for i, (g, (h, w)) in enumerate(zip(gts, sizes)):
-        images.append({"id": i + 1, "height": h, "width": w})
-        for box, label in zip(g["boxes"].tolist(), g["labels"].tolist()):
-            x1, y1, x2, y2 = box
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": int(label) + 1, "iscrowd": 0,
-                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1)})
-    coco = COCO()
-    coco.dataset = {"images": images, "annotations": anns,
-                    "categories": [{"id": l + 1, "name": str(l)} for l in labels]}
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
-
-
-def _map_vs(coco_gt, dets: List[Detections]) -> Dict[str, float]:
-    from argos.metrics.coco_eval import detections_to_coco, evaluate_coco
-
-    known = {c - 1 for c in coco_gt.getCatIds()}
-    results: List[dict] = []
-    for i, d in enumerate(dets):
-        d = d[torch.isin(d.labels, torch.tensor(sorted(known), dtype=torch.int64))] if known else d[:0]
-        results += detections_to_coco(d, i + 1, {k: k + 1 for k in known})
-    return evaluate_coco(coco_gt, results)
 
 
 def _relabel(dets: Detections, label_map: Dict[int, int]) -> Detections:

@@ -75,14 +75,14 @@ def run_stream(fast: Wrapped, cfg: RunConfig, progress: bool = True, min_score: 
     """
     from tqdm import tqdm
 
-    from argos.bench import _class_ids, _coco_from_detections, _map_vs
+    from argos.metrics.coco_eval import map_against, reference_targets
     from argos.metrics.detection import recall_vs_reference
     from argos.viz import draw_overlay
 
     source = int(cfg.source) if isinstance(cfg.source, str) and cfg.source.isdigit() else cfg.source
     reader = VideoReader(source, stride=cfg.stride, limit=cfg.limit)
     adapter, names = fast.adapter, fast.adapter.names
-    keep_labels = _class_ids(names, cfg.classes)
+    keep_labels = adapter.class_ids(cfg.classes)
     fast.proposer.reset()
     total = len(reader) if reader.frame_count is not None else None
     for path in (cfg.detections, cfg.summary, cfg.out_video):
@@ -166,16 +166,12 @@ def run_stream(fast: Wrapped, cfg: RunConfig, progress: bool = True, min_score: 
     }
     if cfg.compare:
         base_med = _median(times["baseline"])
-        gts = []
-        for b in theirs:
-            g = b[b.scores >= cfg.gt_score]
-            gts.append({"boxes": g.boxes, "labels": g.labels, "iscrowd": torch.zeros(len(g), dtype=torch.bool)})
-        coco_gt = _coco_from_detections(gts, [d.image_size for d in theirs])
+        gts = reference_targets(theirs, cfg.gt_score)
         summary.update(
             baseline_fps=1e3 / base_med if base_med else 0.0,
             speedup=base_med / argos_med if argos_med else 0.0,
             agreement=recall_vs_reference(ours, theirs, iou=0.5, min_score=cfg.agreement_score),
-            map50_vs_baseline=_map_vs(coco_gt, ours)["map50"],
+            map50_vs_baseline=map_against(gts, [d.image_size for d in theirs], ours)["map50"],
         )
         summary["latency_ms"]["baseline"] = base_med
     if reader.stopped_early:

@@ -66,3 +66,10 @@ def test_wrap_errors(yolov5n, tmp_path):
     bad.write_bytes(b"not an image")
     with pytest.raises(ValueError, match="corrupt"):
         fast(str(bad))
+
+
+def test_adapter_class_ids(yolov5n):
+    assert yolov5n.class_ids(["person", "car"]).tolist() == [0, 2]
+    assert yolov5n.class_ids(None) is None
+    with pytest.raises(ValueError, match="unknown class"):
+        yolov5n.class_ids(["persn"])

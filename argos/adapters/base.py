@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -53,6 +53,16 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def flops(self, input_hw: Tuple[int, int]) -> float:
         """GFLOPs (2 x multiply-accumulates) of one forward at network input ``(h, w)``."""
+
+    def class_ids(self, classes: Optional[Sequence[str]]) -> Optional[torch.Tensor]:
+        """Class names -> Tensor[K] int64 of this model's ids; None for None/empty. Unknown names raise."""
+        if not classes:
+            return None
+        by_name = {v: k for k, v in self.names.items()}
+        unknown = [c for c in classes if c not in by_name]
+        if unknown:
+            raise ValueError(f"unknown class(es) {unknown} for this detector; valid: {', '.join(sorted(by_name))}")
+        return torch.tensor([by_name[c] for c in classes], dtype=torch.int64)
 
     @torch.inference_mode()
     def predict(self, images: Sequence[np.ndarray]) -> List[Detections]:

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
+import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from argos.structures import Detections
 
-__all__ = ["detections_to_coco", "evaluate_coco"]
+__all__ = ["detections_to_coco", "evaluate_coco", "reference_targets", "map_against"]
 
 _KEYS = ("map50_95", "map50", "map75", "map_small", "map_medium", "map_large")
 
@@ -110,3 +111,44 @@ def evaluate_coco(
         "map_medium": float(stats[4]),
         "map_large": float(stats[5]),
     }
+
+
+def reference_targets(references: List[Detections], min_score: float = 0.25) -> List[Dict[str, torch.Tensor]]:
+    """A reference detector's output as ground truth: per image ``{"boxes", "labels", "iscrowd"}``,
+    keeping detections with ``score >= min_score``. Used on video, where the unwrapped detector is
+    the reference argos must reproduce."""
+    out = []
+    for d in references:
+        d = d[d.scores >= min_score]
+        out.append({"boxes": d.boxes, "labels": d.labels, "iscrowd": torch.zeros(len(d), dtype=torch.bool)})
+    return out
+
+
+def map_against(
+    targets: List[Dict[str, torch.Tensor]], image_sizes: List[Tuple[int, int]], candidates: List[Detections]
+) -> Dict[str, float]:
+    """COCO box mAP of ``candidates`` against per-image ``targets`` (as from :func:`reference_targets`).
+
+    Labels are the model's class ids on both sides; candidates of classes absent from the targets
+    are left out (COCOeval would ignore them anyway).
+    """
+    if not (len(targets) == len(image_sizes) == len(candidates)):
+        raise ValueError(f"got {len(targets)} targets, {len(image_sizes)} sizes and {len(candidates)} candidates")
+    labels = sorted({int(l) for t in targets for l in t["labels"].tolist()})
+    images, anns = [], []
+    for i, (t, (h, w)) in enumerate(zip(targets, image_sizes)):
+        images.append({"id": i + 1, "height": h, "width": w})
+        for (x1, y1, x2, y2), label in zip(t["boxes"].tolist(), t["labels"].tolist()):
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": int(label) + 1, "iscrowd": 0,
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1)})
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": anns,
+                    "categories": [{"id": l + 1, "name": str(l)} for l in labels]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    known = torch.tensor(labels, dtype=torch.int64)
+    results: List[dict] = []
+    for i, d in enumerate(candidates):
+        d = d[torch.isin(d.labels, known)]
+        results += detections_to_coco(d, i + 1, {l: l + 1 for l in labels})
+    return evaluate_coco(coco, results)

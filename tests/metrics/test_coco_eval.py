@@ -114,3 +114,18 @@ def test_cat_ids_restricts_scoring():
     # Category 9 has no ground truth: restricting to 5 ignores the stray 'b' box entirely.
     assert evaluate_coco(gt, perfect + noise, cat_ids=[5])["map50_95"] == pytest.approx(1.0)
     assert evaluate_coco(gt, noise, cat_ids=[5])["map50_95"] == 0.0
+
+
+def test_map_against_a_reference_detector():
+    from argos.metrics import map_against, reference_targets
+
+    ref = Detections(torch.tensor([[10.0, 10, 30, 30], [50, 50, 90, 80], [0, 0, 5, 5]]), [0.9, 0.8, 0.1], [0, 2, 0], (100, 100))
+    targets = reference_targets([ref], min_score=0.25)
+    assert targets[0]["boxes"].shape == (2, 4) and not targets[0]["iscrowd"].any()  # the 0.1 box is not truth
+    assert map_against(targets, [(100, 100)], [ref])["map50_95"] == pytest.approx(1.0)
+    half = ref[torch.tensor([0])]  # finds the class-0 object only: class 2 AP is 0
+    assert map_against(targets, [(100, 100)], [half])["map50"] == pytest.approx(0.5)
+    other = Detections(torch.tensor([[10.0, 10, 30, 30]]), [0.9], [7], (100, 100))  # class absent from truth
+    assert map_against(targets, [(100, 100)], [other])["map50"] == 0.0
+    with pytest.raises(ValueError, match="targets"):
+        map_against(targets, [], [ref])
