@@ -1,4 +1,4 @@
-"""COCO box mAP through pycocotools."""
+"""COCO box and instance-mask mAP through pycocotools."""
 from __future__ import annotations
 
 import contextlib
@@ -17,17 +17,23 @@ __all__ = ["detections_to_coco", "evaluate_coco", "reference_targets", "map_agai
 _KEYS = ("map50_95", "map50", "map75", "map_small", "map_medium", "map_large")
 
 
-def detections_to_coco(dets: Detections, image_id: int, label_map: Dict[int, int]) -> List[dict]:
+def detections_to_coco(
+    dets: Detections, image_id: int, label_map: Dict[int, int], with_masks: bool = False
+) -> List[dict]:
     """One image's detections -> COCO result dicts.
 
     Args:
         dets: boxes ``xyxy`` in original-image pixels, labels in model class ids.
         image_id: COCO image id.
         label_map: model class id -> COCO category id (see ``CocoDataset.label_map``).
+        with_masks: also write each instance mask as a compressed RLE under ``"segmentation"``
+            (for ``iou_type="segm"``); ``dets.masks`` must then be set.
 
     Returns:
-        ``[{"image_id", "category_id", "bbox": [x, y, w, h] pixels, "score"}, ...]``.
+        ``[{"image_id", "category_id", "bbox": [x, y, w, h] pixels, "score"[, "segmentation"]}, ...]``.
     """
+    if with_masks and dets.masks is None:
+        raise ValueError("with_masks=True needs detections with instance masks (dets.masks is None)")
     out = dets.numpy()
     boxes, scores, labels = out["boxes"].astype(np.float64), out["scores"], out["labels"]
     unknown = sorted({int(l) for l in labels} - set(label_map))
@@ -43,6 +49,13 @@ def detections_to_coco(dets: Detections, image_id: int, label_map: Dict[int, int
                 "score": float(s),
             }
         )
+    if with_masks and results:
+        from pycocotools import mask as mask_utils
+
+        rles = mask_utils.encode(np.asfortranarray(out["masks"].transpose(1, 2, 0).astype(np.uint8)))
+        for r, rle in zip(results, rles):
+            rle["counts"] = rle["counts"].decode("ascii")  # JSON-serialisable
+            r["segmentation"] = rle
     return results
 
 
@@ -52,8 +65,9 @@ def evaluate_coco(
     image_ids: Optional[Iterable[int]] = None,
     verbose: bool = False,
     cat_ids: Optional[Iterable[int]] = None,
+    iou_type: str = "bbox",
 ) -> Dict[str, float]:
-    """Box mAP of ``results`` against ``coco_gt`` (pycocotools ``COCOeval``, iouType ``bbox``).
+    """mAP of ``results`` against ``coco_gt`` (pycocotools ``COCOeval``).
 
     Args:
         coco_gt: ground truth, e.g. ``CocoDataset.coco``.
@@ -61,12 +75,16 @@ def evaluate_coco(
         image_ids: evaluate only these images (default: all images of ``coco_gt``).
         verbose: print pycocotools' summary table.
         cat_ids: evaluate only these categories; results of other categories are ignored.
+        iou_type: ``"bbox"`` (boxes) or ``"segm"`` (instance masks; results need ``"segmentation"``,
+            see ``detections_to_coco(..., with_masks=True)``).
 
     Returns:
         ``{"map50_95", "map50", "map75", "map_small", "map_medium", "map_large"}`` in [0, 1].
         With no results every value is 0.0. As in pycocotools, a size bucket without ground
         truth scores -1.0.
     """
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
     known_images = set(coco_gt.getImgIds())
     if image_ids is not None:
         image_ids = sorted({int(i) for i in image_ids})
@@ -89,12 +107,16 @@ def evaluate_coco(
         results = [r for r in results if int(r["category_id"]) in set(cat_ids)]
         if not results:
             return {k: 0.0 for k in _KEYS}
+    if iou_type == "segm":
+        missing = sum("segmentation" not in r for r in results)
+        if missing:
+            raise ValueError(f"iou_type='segm' but {missing} result(s) have no 'segmentation' (instance mask)")
     # loadRes adds keys (area, id, segmentation) to the dicts it gets, so hand it copies.
     results = [dict(r, bbox=list(r["bbox"])) for r in results]
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with quiet:
         coco_dt = coco_gt.loadRes(results)
-        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
         if image_ids is not None:
             evaluator.params.imgIds = image_ids
         if cat_ids is not None:

@@ -129,3 +129,45 @@ def test_map_against_a_reference_detector():
     assert map_against(targets, [(100, 100)], [other])["map50"] == 0.0
     with pytest.raises(ValueError, match="targets"):
         map_against(targets, [], [ref])
+
+
+def _segm_gt() -> COCO:
+    """One 60x80 image with a polygon 'a' instance: the square [10, 30) x [20, 40) (x, y)."""
+    coco = COCO()
+    coco.dataset = {
+        "images": [{"id": 1, "height": 60, "width": 80}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [10, 20, 20, 20], "area": 400,
+                         "iscrowd": 0, "segmentation": [[10, 20, 30, 20, 30, 40, 10, 40]]}],
+        "categories": [{"id": 5, "name": "a"}],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _mask_dets(x0: int, y0: int, x1: int, y1: int) -> Detections:
+    masks = torch.zeros(1, 60, 80, dtype=torch.bool)
+    masks[0, y0:y1, x0:x1] = True
+    return Detections(torch.tensor([[10.0, 20.0, 30.0, 40.0]]), [0.9], [0], (60, 80), masks=masks)
+
+
+def test_segm_map_follows_the_mask_not_the_box():
+    gt = _segm_gt()
+    exact = detections_to_coco(_mask_dets(10, 20, 30, 40), 1, {0: 5}, with_masks=True)
+    assert set(exact[0]["segmentation"]) == {"size", "counts"} and exact[0]["segmentation"]["size"] == [60, 80]
+    assert evaluate_coco(gt, exact, iou_type="segm")["map50_95"] > 0.9
+    # Same box, but the mask covers only a quarter of the object: mask IoU 0.25 < 0.5.
+    quarter = detections_to_coco(_mask_dets(10, 20, 20, 30), 1, {0: 5}, with_masks=True)
+    assert evaluate_coco(gt, quarter, iou_type="segm")["map50"] == 0.0
+    assert evaluate_coco(gt, quarter, iou_type="bbox")["map50"] == pytest.approx(1.0)
+
+
+def test_segm_errors():
+    gt = _segm_gt()
+    no_masks = Detections(torch.tensor([[10.0, 20.0, 30.0, 40.0]]), [0.9], [0], (60, 80))
+    with pytest.raises(ValueError, match="instance masks"):
+        detections_to_coco(no_masks, 1, {0: 5}, with_masks=True)
+    with pytest.raises(ValueError, match="segmentation"):
+        evaluate_coco(gt, detections_to_coco(no_masks, 1, {0: 5}), iou_type="segm")
+    with pytest.raises(ValueError, match="iou_type"):
+        evaluate_coco(gt, [], iou_type="keypoints")
