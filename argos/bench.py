@@ -1,7 +1,12 @@
 """``argos bench``: the unwrapped detector and argos measured interleaved on one dataset.
 
 Two sources:
-- a COCO-format dataset (``images`` + ``annotations``): accuracy against ground truth;
+- a labelled dataset (``images`` + ``annotations``): accuracy against ground truth. ``dataset``
+  picks the format: ``coco`` (instances JSON), ``cityscapes`` (``leftImg8bit/{split}`` +
+  ``gtFine/{split}``) or ``citypersons`` (``leftImg8bit/{split}`` + a COCO-style JSON or the
+  ``gtBboxCityPersons/{split}`` folder); see :mod:`argos.data.cityscapes`. Detector classes map
+  to dataset classes by name (a COCO ``person`` is a CityPersons pedestrian); detections of
+  classes the dataset lacks are not scored;
 - a video (``video``), where the ground truth is the unwrapped detector's own detections
   (score >= ``gt_score``), so accuracy means "how much of the full-frame output argos keeps".
   The ``oracle`` proposer then reads per-frame boxes from ``teacher``.
@@ -25,12 +30,21 @@ import torch
 from argos.structures import Detections
 from argos.wrap import Wrapped, wrap
 
-__all__ = ["BenchConfig", "run_bench", "format_table", "write_json"]
+__all__ = ["BenchConfig", "run_bench", "format_table", "write_json", "adapter_kwargs_for"]
+
+# Formats of images + annotations (see _open_dataset).
+DATASETS = ("coco", "cityscapes", "citypersons")
 
 
 @dataclass
 class BenchConfig:
-    """Everything that defines one ``argos bench`` run. Give ``images`` + ``annotations`` or ``video``."""
+    """Everything that defines one ``argos bench`` run. Give ``images`` + ``annotations`` or ``video``.
+
+    ``dataset`` is the format of ``images`` + ``annotations``: ``"coco"``, ``"cityscapes"``
+    (``annotations``: the ``gtFine/{split}`` folder, inferred when omitted; riders are scored as
+    ``person`` unless ``classes`` names ``rider``) or ``"citypersons"`` (``subset``:
+    ``reasonable``, ``small``, ``heavy``, ``all`` or None).
+    """
 
     images: Optional[str] = None
     annotations: Optional[str] = None
@@ -54,11 +68,22 @@ class BenchConfig:
     conf: float = 0.001
     iou: float = 0.65
     agreement_score: float = 0.25
+    dataset: str = "coco"
+    subset: Optional[str] = None
     proposer_kwargs: Dict[str, Any] = field(default_factory=dict)
     executor_kwargs: Dict[str, Any] = field(default_factory=dict)
+    detector_kwargs: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.video is None and (self.images is None or self.annotations is None):
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
+        if self.video is not None and self.dataset != "coco":
+            raise ValueError(f"dataset {self.dataset!r} takes images + annotations, not a video")
+        if self.subset is not None and self.dataset != "citypersons":
+            raise ValueError("subset applies to the citypersons dataset only")
+        # Cityscapes finds gtFine/{split} next to leftImg8bit/{split} on its own.
+        needs_annotations = self.dataset != "cityscapes"
+        if self.video is None and (self.images is None or (needs_annotations and self.annotations is None)):
             raise ValueError("give either images + annotations (COCO) or a video")
         if self.video is not None and self.images is not None:
             raise ValueError("give either images + annotations or a video, not both")
@@ -158,12 +183,35 @@ class _Meter:
         }
 
 
+def adapter_kwargs_for(detector: str, img_size: int, conf: Optional[float] = None, iou: Optional[float] = None,
+                       weights: Optional[str] = None, cfg: Optional[str] = None,
+                       extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Keyword arguments for adapter ``detector``: the common CLI options plus ``extra``
+    (``--detector-opt``, which wins). ``conf``/``iou`` go only to adapters that take them (a
+    segmentation model has neither); ``weights``/``cfg`` given to an adapter without them raise."""
+    import inspect
+
+    from argos.registry import ADAPTERS
+
+    params = inspect.signature(ADAPTERS.get(detector)).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    kwargs: Dict[str, Any] = {"img_size": img_size}
+    for key, value in (("conf", conf), ("iou", iou)):
+        if value is not None and (key in params or takes_any):
+            kwargs[key] = value
+    for key, value in (("weights", weights), ("cfg", cfg)):
+        if value is None:
+            continue
+        if key not in params and not takes_any:
+            raise ValueError(f"adapter {detector!r} takes no {key!r} option")
+        kwargs[key] = value
+    kwargs.update(extra or {})
+    return kwargs
+
+
 def _build(cfg: BenchConfig) -> Wrapped:
-    adapter_kwargs: Dict[str, Any] = {"img_size": cfg.img_size, "conf": cfg.conf, "iou": cfg.iou}
-    if cfg.weights is not None:
-        adapter_kwargs["weights"] = cfg.weights
-    if cfg.cfg is not None:
-        adapter_kwargs["cfg"] = cfg.cfg
+    adapter_kwargs = adapter_kwargs_for(cfg.detector, cfg.img_size, cfg.conf, cfg.iou, cfg.weights, cfg.cfg,
+                                        cfg.detector_kwargs)
     return wrap(cfg.detector, cfg.proposer, cfg.executor, proposer_kwargs=cfg.proposer_kwargs,
                 executor_kwargs=cfg.executor_kwargs, **adapter_kwargs)
 
@@ -175,7 +223,6 @@ def run_bench(cfg: BenchConfig, progress: bool = True, keep: int = 0) -> Dict[st
         keep: also return the first ``keep`` images with their proposals and detections under
             ``"_samples"`` and the class names under ``"_names"`` (for overlays); not written to JSON.
     """
-    from argos.data.coco import CocoDataset
     from argos.data.video import VideoReader
 
     if cfg.threads:
@@ -185,13 +232,29 @@ def run_bench(cfg: BenchConfig, progress: bool = True, keep: int = 0) -> Dict[st
         source: Any = VideoReader(cfg.video, stride=cfg.stride, limit=cfg.limit, start=cfg.start)
         run = _bench_video
     else:
-        source = CocoDataset(cfg.images, cfg.annotations, classes=cfg.classes)
+        source = _open_dataset(cfg)
         run = _bench_coco
     fast = _build(cfg)
     result = run(cfg, fast, source, progress, keep)
     if keep:
         result["_names"] = fast.adapter.names
     return result
+
+
+def _open_dataset(cfg: BenchConfig):
+    from argos.data.cityscapes import CityPersonsDataset, CityscapesDataset
+    from argos.data.coco import CocoDataset
+
+    if cfg.dataset == "cityscapes":
+        # A COCO detector calls people on bikes "person": score riders as persons unless the
+        # classes name riders (or leave persons out).
+        merge = not cfg.classes or ("person" in cfg.classes and "rider" not in cfg.classes)
+        return CityscapesDataset(cfg.images, cfg.annotations, classes=cfg.classes,
+                                 riders="person" if merge else "rider", limit=cfg.limit)
+    if cfg.dataset == "citypersons":
+        return CityPersonsDataset(cfg.images, cfg.annotations, subset=cfg.subset, classes=cfg.classes,
+                                  limit=cfg.limit)
+    return CocoDataset(cfg.images, cfg.annotations, classes=cfg.classes)
 
 
 def _bench_coco(cfg: BenchConfig, fast: Wrapped, dataset, progress: bool, keep: int) -> Dict[str, Any]:
@@ -205,6 +268,8 @@ def _bench_coco(cfg: BenchConfig, fast: Wrapped, dataset, progress: bool, keep: 
     if n == 0:
         raise ValueError(f"no images to benchmark in {cfg.images}")
     label_map = dataset.label_map(fast.adapter.names)
+    # Detections of model classes the dataset lacks (e.g. dogs on Cityscapes) are not scored.
+    mapped = torch.tensor(sorted(label_map), dtype=torch.int64)
     use_masks = fast.proposer.needs_targets and getattr(fast.proposer, "source", "boxes") == "masks"
 
     def targets_of(i: int, sample) -> Optional[List[Dict[str, Any]]]:
@@ -226,6 +291,8 @@ def _bench_coco(cfg: BenchConfig, fast: Wrapped, dataset, progress: bool, keep: 
         b, a = meter.step(i, s.image, targets_of(i, s))
         regions.update(fast.last_proposals[0].mask, s.boxes)
         for side, d in (("baseline", b), ("argos", a)):
+            if len(label_map) < len(fast.adapter.names):
+                d = d[torch.isin(d.labels, mapped)]
             res[side] += detections_to_coco(d, s.image_id, label_map)
             dets[side].append(_relabel(d, label_map))
         gts.append({"boxes": s.boxes, "labels": s.category_ids, "iscrowd": s.iscrowd})
@@ -243,7 +310,8 @@ def _bench_coco(cfg: BenchConfig, fast: Wrapped, dataset, progress: bool, keep: 
         m = evaluate_coco(dataset.coco, res[side], image_ids=image_ids, cat_ids=cat_ids)
         pr = precision_recall(dets[side], gts)
         scores[side] = {"map50": m["map50"], "map50_95": m["map50_95"], "precision": pr["precision"],
-                        "recall": pr["recall"]}
+                        "recall": pr["recall"], "map_small": m["map_small"], "map_medium": m["map_medium"],
+                        "map_large": m["map_large"]}
     agreement = recall_vs_reference(dets["argos"], dets["baseline"], iou=0.5, min_score=cfg.agreement_score)
     result = meter.result(cfg, n, scores["baseline"], scores["argos"], regions.summary(), agreement)
     if keep:
@@ -312,7 +380,8 @@ def _bench_video(cfg: BenchConfig, fast: Wrapped, reader, progress: bool, keep: 
         m = map_against(gts, [d.image_size for d in dets["baseline"]], dets[side])
         pr = precision_recall(dets[side], gts)
         scores[side] = {"map50": m["map50"], "map50_95": m["map50_95"], "precision": pr["precision"],
-                        "recall": pr["recall"]}
+                        "recall": pr["recall"], "map_small": m["map_small"], "map_medium": m["map_medium"],
+                        "map_large": m["map_large"]}
     agreement = recall_vs_reference(dets["argos"], dets["baseline"], iou=0.5, min_score=cfg.agreement_score)
     result = meter.result(cfg, n, scores["baseline"], scores["argos"], regions.summary(), agreement)
     result["ground_truth"] = f"unwrapped detector, score >= {cfg.gt_score}" + (
@@ -330,6 +399,9 @@ def _relabel(dets: Detections, label_map: Dict[int, int]) -> Detections:
     for k, v in label_map.items():
         lut[k] = v
     return Detections(dets.boxes, dets.scores, lut[dets.labels], dets.image_size)
+
+
+_DATASET_NAMES = {"coco": "COCO", "cityscapes": "Cityscapes", "citypersons": "CityPersons"}
 
 
 def format_table(result: Dict[str, Any]) -> str:
@@ -351,7 +423,7 @@ def format_table(result: Dict[str, Any]) -> str:
     ]
     c = result["config"]
     model = Path(str(c.get("weights") or c.get("cfg") or "")).name
-    source = Path(str(c.get("video"))).name if c.get("video") else "COCO"
+    source = Path(str(c.get("video"))).name if c.get("video") else _DATASET_NAMES[c.get("dataset", "coco")]
     w0 = max(len(r[0]) for r in rows)
     w1 = max(max(len(r[1]) for r in rows), len("baseline"))
     head = (f"{result['images']} {'frames' if c.get('video') else 'images'} of {source} | {c['detector']} {model} @ "

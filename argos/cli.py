@@ -51,6 +51,7 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", nargs="+", default=None, help="class names that count (foreground, scoring)")
     p.add_argument("--proposer-opt", nargs="+", metavar="KEY=VALUE", help="proposer options, e.g. dilation=8")
     p.add_argument("--executor-opt", nargs="+", metavar="KEY=VALUE", help="executor options")
+    p.add_argument("--detector-opt", nargs="+", metavar="KEY=VALUE", help="adapter options, e.g. depth=101")
     p.add_argument("--json", default=None, help="write every figure to this JSON file")
     p.add_argument("--no-progress", action="store_true")
 
@@ -67,6 +68,7 @@ def _config(args):
         proposer=args.proposer, executor=args.executor, img_size=args.img_size, conf=args.conf, iou=args.iou,
         limit=args.limit, threads=args.threads, warmup=args.warmup, classes=args.classes,
         proposer_kwargs=parse_kv(args.proposer_opt), executor_kwargs=parse_kv(args.executor_opt),
+        detector_kwargs=parse_kv(args.detector_opt),
     )
 
 
@@ -109,6 +111,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from argos.bench import adapter_kwargs_for
     from argos.run import RunConfig, run_stream
     from argos.wrap import wrap
 
@@ -116,11 +119,8 @@ def cmd_run(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    adapter_kwargs = {"img_size": args.img_size, "conf": args.conf}
-    if args.weights:
-        adapter_kwargs["weights"] = args.weights
-    if args.cfg:
-        adapter_kwargs["cfg"] = args.cfg
+    adapter_kwargs = adapter_kwargs_for(args.detector, args.img_size, conf=args.conf, weights=args.weights,
+                                        cfg=args.cfg, extra=parse_kv(args.detector_opt))
     fast = wrap(args.detector, args.proposer, args.executor, proposer_kwargs=parse_kv(args.proposer_opt),
                 executor_kwargs=parse_kv(args.executor_opt), **adapter_kwargs)
     detections = args.detections
@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conf", type=float, default=0.25, help="detector score threshold")
     p.add_argument("--proposer-opt", nargs="+", metavar="KEY=VALUE")
     p.add_argument("--executor-opt", nargs="+", metavar="KEY=VALUE")
+    p.add_argument("--detector-opt", nargs="+", metavar="KEY=VALUE", help="adapter options, e.g. depth=101")
     p.add_argument("--out", default=None, help="annotated video (.mp4 or .avi)")
     p.add_argument("--detections", default=None, help="per-frame detections, JSON lines (default: next to --json)")
     p.add_argument("--json", default=None, help="summary JSON")
