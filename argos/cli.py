@@ -26,9 +26,15 @@ def parse_kv(items: Optional[List[str]]) -> dict:
 
 
 def _add_bench_args(p: argparse.ArgumentParser) -> None:
-    src = p.add_argument_group("data (a COCO-format dataset, or a video)")
+    src = p.add_argument_group("data (a COCO, Cityscapes or CityPersons dataset, or a video)")
+    src.add_argument("--dataset", choices=("coco", "cityscapes", "citypersons"), default="coco",
+                     help="format of --images/--annotations (cityscapes: ROOT/leftImg8bit/SPLIT, annotations "
+                          "ROOT/gtFine/SPLIT, found on their own; citypersons: a COCO-style JSON or "
+                          "ROOT/gtBboxCityPersons/SPLIT)")
+    src.add_argument("--subset", choices=("reasonable", "small", "heavy", "all"), default=None,
+                     help="CityPersons evaluation subset (others become ignore regions)")
     src.add_argument("--images", help="folder of images (with --annotations)")
-    src.add_argument("--annotations", help="COCO instances JSON")
+    src.add_argument("--annotations", help="COCO instances JSON (or see --dataset)")
     src.add_argument("--video", help="video file or image folder; ground truth = the unwrapped detector's output")
     src.add_argument("--teacher", help="per-frame boxes JSON for the oracle proposer on --video")
     src.add_argument("--teacher-scale", type=float, default=1.0, help="scale of teacher boxes to video pixels")
@@ -59,9 +65,10 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
 def _config(args):
     from argos.bench import BenchConfig
 
-    if args.video is None and (args.images is None or args.annotations is None):
+    if args.video is None and (args.images is None or (args.annotations is None and args.dataset != "cityscapes")):
         raise ValueError("give --images and --annotations, or --video")
     return BenchConfig(
+        dataset=args.dataset, subset=args.subset,
         images=args.images, annotations=args.annotations, video=args.video, teacher=args.teacher,
         teacher_scale=args.teacher_scale, teacher_score=args.teacher_score, stride=args.stride, start=args.start,
         gt_score=args.gt_score, detector=args.detector, weights=args.weights, cfg=args.cfg,

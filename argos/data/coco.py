@@ -20,7 +20,21 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-__all__ = ["CocoSample", "CocoDataset"]
+__all__ = ["CocoSample", "CocoDataset", "COCO80_NAMES"]
+
+#: The 80 COCO 2017 detection classes in category-id order: the contiguous 0..79 ids that YOLO
+#: models trained on COCO use (``COCO80_NAMES[k]`` is the name of model class ``k``).
+COCO80_NAMES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
+    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip
 
 PathLike = Union[str, os.PathLike]
 ClassSpec = Union[str, int, Sequence[Union[str, int]], None]

@@ -1,8 +1,10 @@
 """Training targets for QU-Net: (image, foreground mask, boxes) from labels, teacher boxes or a detector.
 
-Three sources:
+Four sources:
 
 - COCO instance masks (or boxes) through :class:`argos.data.CocoDataset`, class-filtered;
+- Cityscapes ``gtFine`` instance masks (``*_instanceIds.png``) through
+  :class:`argos.data.cityscapes.CityscapesDataset`, class-filtered;
 - per-frame teacher boxes stored in a JSON (e.g. the PETS Keypoint R-CNN boxes in ``../shared``);
 - self-supervised: any argos adapter run on unlabeled images or video frames; its boxes are the
   target. No labels needed.
@@ -23,7 +25,7 @@ import torch
 
 from argos.proposers.boxes import boxes_to_mask
 
-__all__ = ["MaskSample", "parse_range", "coco_samples", "teacher_samples", "detector_samples",
+__all__ = ["MaskSample", "parse_range", "coco_samples", "cityscapes_samples", "teacher_samples", "detector_samples",
            "read_video_frames", "video_frame_count", "read_image_folder"]
 
 PathLike = Union[str, os.PathLike]
@@ -87,6 +89,29 @@ def coco_samples(
     from argos.data import CocoDataset
 
     ds = CocoDataset(images, annotations, classes=classes)
+    out = []
+    for i in parse_range(indices, len(ds)):
+        s = ds[i]
+        out.append(MaskSample(s.image, ds.foreground_mask(i, source=mask_source), s.boxes.numpy(), s.file_name))
+    return out
+
+
+def cityscapes_samples(
+    images: PathLike, gt_dir: Optional[PathLike] = None, classes=None, mask_source: str = "masks", indices=None,
+) -> List[MaskSample]:
+    """Cityscapes images with the union of their (class-filtered) ``gtFine`` instances as target.
+
+    Args:
+        images: ``ROOT/leftImg8bit/{split}``.
+        gt_dir: ``ROOT/gtFine/{split}`` (default: found next to ``images``).
+        classes: Cityscapes instance classes (default: person, rider, car, truck, bus, train,
+            motorcycle, bicycle); crowd regions of these classes are foreground too.
+        mask_source: ``"masks"`` (instance pixels) or ``"boxes"`` (filled instance boxes).
+        indices: which images, in sorted file order (see :func:`parse_range`).
+    """
+    from argos.data.cityscapes import CityscapesDataset
+
+    ds = CityscapesDataset(images, gt_dir, classes=classes)
     out = []
     for i in parse_range(indices, len(ds)):
         s = ds[i]

@@ -16,6 +16,11 @@ Example (the shipped ``qunet-coco``)::
         --annotations ../shared/data/coco128/annotations/instances_train2017.json \\
         --train-range 0:100 --val-range 100:128 --out qunet-coco.qunet
 
+On Cityscapes ``gtFine`` instance masks (``--annotations`` defaults to ``ROOT/gtFine/train``)::
+
+    python -m argos.proposers.qunet.train --source cityscapes --images ROOT/leftImg8bit/train \
+        --classes person rider car --train-range 0:2800 --val-range 2800: --out qunet-cityscapes.qunet
+
 On several processes or GPUs (same arguments)::
 
     torchrun --nproc_per_node 2 -m argos.proposers.qunet.train --source coco ...
@@ -417,11 +422,15 @@ class DataConfig:
     """Where the targets come from (see :mod:`argos.proposers.qunet.targets`).
 
     Args:
-        source: ``"coco"`` (instance masks), ``"teacher"`` (per-frame boxes JSON on a video) or
-            ``"detector"`` (self-supervised: a detector's boxes on unlabeled images or frames).
-        images: COCO images folder, or unlabeled images for ``"detector"``.
-        annotations: COCO instances JSON.
-        classes: COCO category names / detector class names that count (None: all).
+        source: ``"coco"`` (instance masks), ``"cityscapes"`` (``gtFine`` instance masks),
+            ``"teacher"`` (per-frame boxes JSON on a video) or ``"detector"`` (self-supervised: a
+            detector's boxes on unlabeled images or frames).
+        images: COCO images folder, Cityscapes ``ROOT/leftImg8bit/{split}``, or unlabeled images
+            for ``"detector"``.
+        annotations: COCO instances JSON, or Cityscapes ``ROOT/gtFine/{split}`` (found next to
+            ``images`` when omitted).
+        classes: COCO category names / Cityscapes instance classes / detector class names that
+            count (None: all; Cityscapes: its 8 evaluated instance classes).
         mask_source: COCO targets from ``"masks"`` or ``"boxes"``.
         video: video file for ``"teacher"``/``"detector"``.
         boxes_json, boxes_scale, min_score: teacher boxes, their scale to the video's pixels, and
@@ -453,6 +462,10 @@ def _load_split(d: DataConfig, spec: Optional[str]) -> List[MaskSample]:
         if not d.images or not d.annotations:
             raise ValueError("source 'coco' needs images and annotations")
         return T.coco_samples(d.images, d.annotations, d.classes, d.mask_source, spec)
+    if d.source == "cityscapes":
+        if not d.images:
+            raise ValueError("source 'cityscapes' needs images (ROOT/leftImg8bit/SPLIT)")
+        return T.cityscapes_samples(d.images, d.annotations, d.classes, d.mask_source, spec)
     if d.source == "teacher":
         if not d.video or not d.boxes_json:
             raise ValueError("source 'teacher' needs video and boxes_json")
@@ -475,7 +488,7 @@ def _load_split(d: DataConfig, spec: Optional[str]) -> List[MaskSample]:
         else:
             raise ValueError("source 'detector' needs a video or an images folder")
         return T.detector_samples(adapter, frames, d.min_score, d.classes)
-    raise ValueError(f"unknown data source {d.source!r}; valid: coco, teacher, detector")
+    raise ValueError(f"unknown data source {d.source!r}; valid: coco, cityscapes, teacher, detector")
 
 
 def load_data(d: DataConfig) -> Tuple[List[MaskSample], List[MaskSample], Optional[List[MaskSample]]]:
@@ -490,9 +503,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="argos train qunet", description="Train a QU-Net region proposer.")
     t, d = TrainConfig(), DataConfig()
     g = p.add_argument_group("data")
-    g.add_argument("--source", choices=("coco", "teacher", "detector"), default=d.source)
-    g.add_argument("--images", help="COCO images folder, or unlabeled images for --source detector")
-    g.add_argument("--annotations", help="COCO instances JSON")
+    g.add_argument("--source", choices=("coco", "cityscapes", "teacher", "detector"), default=d.source)
+    g.add_argument("--images", help="COCO images folder, Cityscapes ROOT/leftImg8bit/SPLIT, or unlabeled images "
+                                    "for --source detector")
+    g.add_argument("--annotations", help="COCO instances JSON, or Cityscapes ROOT/gtFine/SPLIT (default: next to "
+                                         "--images)")
     g.add_argument("--classes", nargs="+", default=None, help="class names that count as objects (default: all)")
     g.add_argument("--mask-source", choices=("masks", "boxes"), default=d.mask_source)
     g.add_argument("--video", help="video for --source teacher/detector")
