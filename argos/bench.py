@@ -235,6 +235,10 @@ def run_bench(cfg: BenchConfig, progress: bool = True, keep: int = 0) -> Dict[st
         source = _open_dataset(cfg)
         run = _bench_coco
     fast = _build(cfg)
+    if getattr(fast.adapter, "task", "detection") == "segmentation":
+        if cfg.video is not None:
+            raise ValueError("a segmentation model is benchmarked on images (--images), not on --video")
+        run = _bench_segmentation
     result = run(cfg, fast, source, progress, keep)
     if keep:
         result["_names"] = fast.adapter.names
@@ -283,6 +287,10 @@ def _bench_coco(cfg: BenchConfig, fast: Wrapped, dataset, progress: bool, keep: 
     meter = _Meter(fast)
     first = dataset[0]
     meter.warmup(first.image, targets_of(0, first), cfg.warmup)
+    # Instance-segmentation models (detections with masks) also get mask AP, when the ground
+    # truth has masks to match.
+    mask_gt = _has_mask_gt(dataset)
+    with_masks = mask_gt
     res: Dict[str, List[dict]] = {"baseline": [], "argos": []}
     dets: Dict[str, List[Detections]] = {"baseline": [], "argos": []}
     gts, samples, regions = [], [], RegionStats()
@@ -290,10 +298,14 @@ def _bench_coco(cfg: BenchConfig, fast: Wrapped, dataset, progress: bool, keep: 
         s = dataset[i]
         b, a = meter.step(i, s.image, targets_of(i, s))
         regions.update(fast.last_proposals[0].mask, s.boxes)
+        had_masks, with_masks = with_masks, with_masks and b.masks is not None and a.masks is not None
+        if had_masks and not with_masks:  # an image without masks: no mask AP for this run
+            for r in res["baseline"] + res["argos"]:
+                r.pop("segmentation", None)
         for side, d in (("baseline", b), ("argos", a)):
             if len(label_map) < len(fast.adapter.names):
                 d = d[torch.isin(d.labels, mapped)]
-            res[side] += detections_to_coco(d, s.image_id, label_map)
+            res[side] += detections_to_coco(d, s.image_id, label_map, with_masks=with_masks)
             dets[side].append(_relabel(d, label_map))
         gts.append({"boxes": s.boxes, "labels": s.category_ids, "iscrowd": s.iscrowd})
         if i < keep:
@@ -312,8 +324,76 @@ def _bench_coco(cfg: BenchConfig, fast: Wrapped, dataset, progress: bool, keep: 
         scores[side] = {"map50": m["map50"], "map50_95": m["map50_95"], "precision": pr["precision"],
                         "recall": pr["recall"], "map_small": m["map_small"], "map_medium": m["map_medium"],
                         "map_large": m["map_large"]}
+        if with_masks:
+            mm = evaluate_coco(dataset.coco, res[side], image_ids=image_ids, cat_ids=cat_ids, iou_type="segm")
+            scores[side].update({f"mask_{k}": v for k, v in mm.items()})
     agreement = recall_vs_reference(dets["argos"], dets["baseline"], iou=0.5, min_score=cfg.agreement_score)
     result = meter.result(cfg, n, scores["baseline"], scores["argos"], regions.summary(), agreement)
+    if keep:
+        result["_samples"] = samples
+    return result
+
+
+def _has_mask_gt(dataset) -> bool:
+    coco = getattr(dataset, "coco", None)
+    anns = list(coco.anns.values()) if coco is not None else []
+    return bool(anns) and all("segmentation" in a for a in anns)
+
+
+def _bench_segmentation(cfg: BenchConfig, fast: Wrapped, dataset, progress: bool, keep: int) -> Dict[str, Any]:
+    """A semantic-segmentation adapter: label maps instead of boxes.
+
+    Accuracy (``miou``, ``pixel_accuracy``) needs per-pixel ground truth (``dataset.semantic``,
+    e.g. Cityscapes gtFine); on other data those cells are NaN. Agreement is always measured: the
+    share of pixels of the processed region where argos's label equals the unwrapped model's
+    (``pixel_agreement_in_region``), and mIoU of argos against the unwrapped model over the whole
+    frame, where unprocessed pixels count as misses (``miou_vs_baseline``).
+    """
+    from tqdm import tqdm
+
+    from argos.metrics.regions import RegionStats
+    from argos.metrics.segmentation import evaluate_segmentation
+
+    n = len(dataset) if cfg.limit is None else min(cfg.limit, len(dataset))
+    if n == 0:
+        raise ValueError(f"no images to benchmark in {cfg.images}")
+    has_gt = hasattr(dataset, "semantic")
+
+    def targets_of(sample) -> Optional[List[Dict[str, Any]]]:
+        return [{"boxes": sample.boxes}] if fast.proposer.needs_targets else None
+
+    meter = _Meter(fast)
+    first = dataset[0]
+    meter.warmup(first.image, targets_of(first), cfg.warmup)
+    maps: Dict[str, list] = {"baseline": [], "argos": []}
+    gts, masks, samples, regions = [], [], [], RegionStats()
+    for i in tqdm(range(n), desc=f"bench {cfg.proposer}+{cfg.executor}", disable=not progress, unit="img"):
+        s = dataset[i]
+        b, a = meter.step(i, s.image, targets_of(s))
+        mask = fast.last_proposals[0].mask
+        regions.update(mask, s.boxes)
+        maps["baseline"].append(b.labels)
+        maps["argos"].append(a.labels)
+        masks.append(mask.cpu())
+        if has_gt:
+            gts.append(dataset.semantic(i).labels)
+        if i < keep:
+            samples.append({"image": s.image, "proposals": fast.last_proposals[0], "argos": a, "baseline": b})
+    num_classes = len(fast.adapter.names)
+    ignore = int(getattr(fast.adapter, "ignore_index", 255))
+    scores: Dict[str, Dict[str, float]] = {}
+    for side in ("baseline", "argos"):
+        if has_gt:
+            m = evaluate_segmentation(maps[side], gts, num_classes, ignore_index=ignore)
+            scores[side] = {"miou": m["miou"], "pixel_accuracy": m["pixel_accuracy"]}
+        else:
+            scores[side] = {"miou": float("nan"), "pixel_accuracy": float("nan")}
+    in_region = evaluate_segmentation(maps["argos"], maps["baseline"], num_classes, ignore_index=ignore, regions=masks)
+    whole = evaluate_segmentation(maps["argos"], maps["baseline"], num_classes, ignore_index=ignore)
+    result = meter.result(cfg, n, scores["baseline"], scores["argos"], regions.summary(), float("nan"))
+    result["task"] = "segmentation"
+    result["agreement"] = {"pixel_agreement_in_region": in_region["pixel_accuracy"],
+                           "miou_vs_baseline": whole["miou"]}
     if keep:
         result["_samples"] = samples
     return result
@@ -407,11 +487,19 @@ _DATASET_NAMES = {"coco": "COCO", "cityscapes": "Cityscapes", "citypersons": "Ci
 def format_table(result: Dict[str, Any]) -> str:
     """Baseline vs argos side by side, as printed by ``argos bench``."""
     b, a = result["baseline"], result["argos"]
-    rows = [
-        ("mAP50-95", f"{b['map50_95']:.4f}", f"{a['map50_95']:.4f}"),
-        ("mAP50", f"{b['map50']:.4f}", f"{a['map50']:.4f}"),
-        ("precision", f"{b['precision']:.4f}", f"{a['precision']:.4f}"),
-        ("recall", f"{b['recall']:.4f}", f"{a['recall']:.4f}"),
+    segmentation = result.get("task") == "segmentation"
+    if segmentation:
+        rows = [(k, f"{b[key]:.4f}", f"{a[key]:.4f}") for k, key in (("mIoU", "miou"), ("pixel accuracy", "pixel_accuracy"))]
+    else:
+        rows = [
+            ("mAP50-95", f"{b['map50_95']:.4f}", f"{a['map50_95']:.4f}"),
+            ("mAP50", f"{b['map50']:.4f}", f"{a['map50']:.4f}"),
+            ("precision", f"{b['precision']:.4f}", f"{a['precision']:.4f}"),
+            ("recall", f"{b['recall']:.4f}", f"{a['recall']:.4f}"),
+        ]
+        if "mask_map50_95" in b:
+            rows.append(("mask mAP50-95", f"{b['mask_map50_95']:.4f}", f"{a['mask_map50_95']:.4f}"))
+    rows += [
         ("GFLOPs / image", f"{b['gflops']:.2f}", f"{a['gflops']:.2f} (proposer {a['gflops_proposer']:.3f})"),
         ("area processed (proposals)", "1.000", f"{a['area_processed']:.3f}"),
         ("detector compute (GFLOPs share)", "1.000", f"{a['compute_fraction']:.3f}"),
@@ -433,10 +521,15 @@ def format_table(result: Dict[str, Any]) -> str:
         lines.append(f"ground truth: {result['ground_truth']}")
     lines += [f"{'':<{w0}}  {'baseline':>{w1}}  argos", "-" * (w0 + w1 + 40)]
     lines += [f"{r[0]:<{w0}}  {r[1]:>{w1}}  {r[2]}" for r in rows]
-    agree = result["agreement"]["recall_vs_baseline@0.5"]
     if a.get("teacher_fraction"):
         lines.append(f"teacher (full-frame) share of frames: {a['teacher_fraction']:.3f}")
-    lines.append(f"speedup {result['speedup']:.2f}x (proposer included) | agreement (recall of baseline @IoU0.5) {agree:.3f}")
+    if segmentation:
+        ag = result["agreement"]
+        agree_text = (f"pixels equal to the unwrapped model's in the processed region {ag['pixel_agreement_in_region']:.3f}"
+                      f", mIoU vs unwrapped {ag['miou_vs_baseline']:.3f}")
+    else:
+        agree_text = f"agreement (recall of baseline @IoU0.5) {result['agreement']['recall_vs_baseline@0.5']:.3f}"
+    lines.append(f"speedup {result['speedup']:.2f}x (proposer included) | {agree_text}")
     return "\n".join(lines)
 
 

@@ -13,7 +13,7 @@ from argos.executors.base import Executor
 from argos.io import as_image_list
 from argos.proposers.base import Proposer
 from argos.registry import ADAPTERS, EXECUTORS, PROPOSERS
-from argos.structures import Detections, RegionProposals
+from argos.structures import Detections, RegionProposals, SegmentationMap
 
 __all__ = ["wrap", "Wrapped", "FrameStats", "build_adapter"]
 
@@ -44,8 +44,10 @@ class FrameStats:
 class Wrapped:
     """A detector that runs only where its proposer says objects may be.
 
-    Call it with one image (HWC uint8 RGB array, CHW tensor or path) to get :class:`Detections`,
-    or with a list to get a list. ``last_stats`` describes the last call.
+    Call it with one image (HWC uint8 RGB array, CHW tensor or path) to get :class:`Detections`
+    (a :class:`SegmentationMap` for segmentation adapters, whose pixels off the proposed mask hold
+    the executor's background label), or with a list to get a list. ``last_stats`` describes the
+    last call.
 
     Args:
         adapter: the detector.
@@ -58,12 +60,15 @@ class Wrapped:
         if channel_order not in ("rgb", "bgr"):
             raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
         self.adapter, self.proposer, self.executor = adapter, proposer, executor
+        _check_task(adapter, proposer)
         self.proposer.bind(adapter)
         self.channel_order = channel_order
         self.last_stats = FrameStats()
         self.last_proposals: List[RegionProposals] = []
 
-    def __call__(self, images: Any, targets: Optional[Sequence[Any]] = None) -> Union[Detections, List[Detections]]:
+    def __call__(
+        self, images: Any, targets: Optional[Sequence[Any]] = None
+    ) -> Union[Detections, SegmentationMap, List[Detections], List[SegmentationMap]]:
         """Detect objects. ``targets`` (ground truth, one per image) only feeds the ``oracle`` proposer."""
         batch, single = as_image_list(images, self.channel_order)
         if single and targets is not None and not isinstance(targets, (list, tuple)):
@@ -108,6 +113,16 @@ class Wrapped:
         return (
             f"Wrapped(adapter={type(self.adapter).__name__}, proposer={type(self.proposer).__name__}, "
             f"executor={type(self.executor).__name__})"
+        )
+
+
+def _check_task(adapter: Adapter, proposer: Proposer) -> None:
+    """Proposers that use the wrapped model as a teacher (their own ``bind``) read detections."""
+    task = getattr(adapter, "task", "detection")
+    if task != "detection" and type(proposer).bind is not Proposer.bind:
+        raise ValueError(
+            f"{type(proposer).__name__} learns from the wrapped model's detections and cannot use a {task} "
+            f"adapter ({type(adapter).__name__}); use a proposer such as 'full', 'oracle', 'motion' or 'qunet'"
         )
 
 

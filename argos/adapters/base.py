@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -21,15 +21,18 @@ class Adapter(abc.ABC):
     Attributes:
         names (dict[int, str]): class id -> class name of the wrapped model.
         stride (int): the model's largest stride; input sizes are multiples of it.
-        pad_value (int): uint8 grey level the model was trained to see as padding; the
-            ``masked`` executor paints inactive pixels with it.
+        pad_value (int or tuple[int, int, int]): uint8 grey level (or RGB colour) the model was
+            trained to see as padding; the ``masked`` executor paints inactive pixels with it.
         img_size (int): long side of the network input, in pixels.
         device (torch.device): where the model runs.
+        task (str): ``"detection"`` (postprocess returns :class:`Detections`) or
+            ``"segmentation"`` (it returns :class:`~argos.structures.SegmentationMap`).
     """
 
     names: Dict[int, str]
     stride: int = 32
-    pad_value: int = 114
+    pad_value: Union[int, Tuple[int, int, int]] = 114
+    task: str = "detection"
     img_size: int = 640
     device: torch.device = torch.device("cpu")
 

@@ -19,14 +19,14 @@ from __future__ import annotations
 import copy
 import time
 import weakref
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from argos.adapters.base import Adapter
-from argos.executors.base import Executor, keep_inside
+from argos.executors.base import Executor, check_background, is_segmentation, keep_inside
 from argos.executors.sparse import SparseContext, SparseConv2d, context_of, convert, sparse_layers
 from argos.structures import Detections, RegionProposals
 
@@ -121,6 +121,12 @@ class GatherScatterExecutor(Executor):
             gain little and the sparse bookkeeping costs more on small models. 1.0 disables.
         inplace: convert the adapter's own module (it then runs the sparse layers; outside this
             executor they behave exactly as before) instead of a private deep copy of the adapter.
+        background: segmentation adapters: label of the pixels off the mask (always applied);
+            ``None``: the adapter's ``ignore_index``. See :attr:`Executor.background`.
+
+    Segmentation adapters (``task == "segmentation"``) run the same way; the adapter's
+    ``sparse_exclude`` (module types, optional) is passed to :func:`convert` as ``exclude``,
+    e.g. PSPNet's pyramid pooling branches, whose convs run on pooled ``bins x bins`` maps.
 
     ``last_stats`` adds to the :class:`Executor` keys: ``overhead_ms`` (mask mapping and
     filtering), ``density`` (active share of the network input, per image), ``mode``
@@ -137,8 +143,10 @@ class GatherScatterExecutor(Executor):
         drop_outside: bool = True,
         dense_above: float = 0.75,
         inplace: bool = False,
+        background: Optional[int] = None,
     ) -> None:
         super().__init__()
+        self.background = check_background(background)
         if halo < 0:
             raise ValueError(f"halo must be >= 0 pixels, got {halo}")
         if not 0.0 <= dense_above <= 1.0:
@@ -158,7 +166,8 @@ class GatherScatterExecutor(Executor):
             ctx = SparseContext(halo=self.halo)
             runner = adapter if self.inplace else copy.deepcopy(adapter)
             module = runner.module
-            new = convert(module, inplace=True, tile=self.tile, context=ctx)
+            exclude = tuple(getattr(adapter, "sparse_exclude", ()))
+            new = convert(module, inplace=True, tile=self.tile, context=ctx, exclude=exclude)
             if new is not module:
                 raise TypeError(f"{type(adapter).__name__}.module is a bare Conv2d; gather_scatter needs a network")
             _floor_class_logits(new)
@@ -172,7 +181,7 @@ class GatherScatterExecutor(Executor):
         self._check(images, proposals)
         t0 = time.perf_counter()
         active = [i for i, p in enumerate(proposals) if bool(p.mask.any())]
-        dets: List[Detections] = [Detections.empty(im.shape[:2]) for im in images]
+        dets: List[Detections] = [self._empty_output(adapter, im.shape[:2]) for im in images]
         gflops = [0.0] * len(images)
         density = [0.0] * len(images)
         stats = {"detector_ms": 0.0, "overhead_ms": 0.0, "gflops": gflops, "input_hw": (0, 0), "density": density,
@@ -212,7 +221,9 @@ class GatherScatterExecutor(Executor):
             t6 = time.perf_counter()
         for i, d in zip(active, out):
             dets[i] = d
-        if self.drop_outside:
+        if is_segmentation(adapter):
+            dets = [self._fill_outside(adapter, d, p.mask) for d, p in zip(dets, proposals)]
+        elif self.drop_outside:
             dets = [keep_inside(d, p.mask) for d, p in zip(dets, proposals)]
 
         dense_gflops = adapter.flops(input_hw)

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import time
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
 from argos.adapters.base import Adapter
-from argos.executors.base import Executor, keep_inside
+from argos.executors.base import Executor, check_background, is_segmentation, keep_inside
 from argos.structures import Detections, RegionProposals
 
 __all__ = ["MaskedExecutor"]
@@ -20,11 +20,14 @@ class MaskedExecutor(Executor):
 
     Args:
         drop_outside: drop detections whose box centre lies on an inactive pixel.
+        background: segmentation adapters: label of the pixels off the mask (always applied);
+            ``None``: the adapter's ``ignore_index``. See :attr:`Executor.background`.
     """
 
-    def __init__(self, drop_outside: bool = True) -> None:
+    def __init__(self, drop_outside: bool = True, background: Optional[int] = None) -> None:
         super().__init__()
         self.drop_outside = drop_outside
+        self.background = check_background(background)
 
     def run(self, adapter: Adapter, images: Sequence[np.ndarray], proposals: Sequence[RegionProposals]) -> List[Detections]:
         self._check(images, proposals)
@@ -41,14 +44,16 @@ class MaskedExecutor(Executor):
                 inputs.append(im)
         prep_ms = (time.perf_counter() - t0) * 1e3
 
-        dets: List[Detections] = [Detections.empty(im.shape[:2]) for im in images]
+        dets: List[Detections] = [self._empty_output(adapter, im.shape[:2]) for im in images]
         detector_ms, input_hw = 0.0, (0, 0)
         if inputs:
             out, detector_ms, input_hw = self._timed_predict(adapter, inputs)
             for i, d in zip(active, out):
                 dets[i] = d
         t1 = time.perf_counter()
-        if self.drop_outside:
+        if is_segmentation(adapter):
+            dets = [self._fill_outside(adapter, d, p.mask) for d, p in zip(dets, proposals)]
+        elif self.drop_outside:
             dets = [keep_inside(d, p.mask) for d, p in zip(dets, proposals)]
         gflops = adapter.flops(input_hw) if inputs else 0.0
         self.last_stats = {

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from argos.adapters.base import Adapter
-from argos.executors.base import Executor
+from argos.executors.base import Executor, background_label, check_background, is_segmentation
 from argos.executors.packing import (
     Packing,
     PackingError,
@@ -38,7 +38,7 @@ from argos.executors.packing import (
     merge_boxes,
     snap_boxes,
 )
-from argos.structures import Detections, RegionProposals
+from argos.structures import Detections, RegionProposals, SegmentationMap
 
 # Share of a cut detection that a whole one from another crop must cover to replace it.
 _MIN_COVER = 0.5
@@ -194,6 +194,41 @@ def filter_crop_detections(
     return keep
 
 
+def _crop_masks_to_frame(masks: torch.Tensor, crops: np.ndarray, plan: CropPlan, geo: FrameGeometry) -> torch.Tensor:
+    """Instance masks on canvases -> masks on the original frame.
+
+    Args:
+        masks (Tensor[N, h, w] bool): at canvas size, one per detection.
+        crops (ndarray[N] int): the crop (row of ``plan.boxes``) each detection came from.
+
+    Returns:
+        Tensor[N, H, W] bool at ``geo.orig_size``: each original pixel takes the canvas pixel
+        under its centre (nearest neighbour), and only from its detection's own crop; pixels
+        outside that crop are False.
+    """
+    h, w = geo.orig_size
+    out = torch.zeros(len(masks), h, w, dtype=torch.bool)
+    if len(masks) == 0:
+        return out
+    (rw, rh), (left, top) = geo.ratio, geo.pad
+    # Letterboxed-frame pixel under each original pixel centre; increasing, so any crop's
+    # pixels form one contiguous run of original rows / columns.
+    fx = np.floor((np.arange(w) + 0.5) * rw + left).astype(np.int64)
+    fy = np.floor((np.arange(h) + 0.5) * rh + top).astype(np.int64)
+    placed = plan.canvas_boxes()
+    for j, k in enumerate(crops.tolist()):
+        x1, y1, x2, y2 = plan.boxes[k].tolist()
+        cx, cy = placed[k, 0], placed[k, 1]
+        cols = np.flatnonzero((fx >= x1) & (fx < x2))
+        rows = np.flatnonzero((fy >= y1) & (fy < y2))
+        if len(cols) == 0 or len(rows) == 0:
+            continue
+        sub = masks[j].index_select(0, torch.from_numpy(fy[rows] - y1 + cy))
+        sub = sub.index_select(1, torch.from_numpy(fx[cols] - x1 + cx))
+        out[j, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = sub
+    return out
+
+
 class PackedCropsExecutor(Executor):
     """Packs the proposed regions onto a few canvases and runs the detector once on them.
 
@@ -225,6 +260,14 @@ class PackedCropsExecutor(Executor):
             their full-frame input area.
         min_inside: share of a detection's box that must lie inside its crop.
         border_tol: pixels within which a box edge counts as touching a crop border.
+        background: segmentation adapters: label of the pixels off the mask (always applied);
+            ``None``: the adapter's ``ignore_index``. See :attr:`Executor.background`.
+
+    Segmentation adapters (``task == "segmentation"``): each crop's class probabilities are
+    pasted back into its frame (see :meth:`_map_back_segmentation`) instead of the detection
+    filtering above. A crop's pixels still see their neighbours on the canvas (other crops, the
+    gap) through the network's receptive field and the pyramid pooling; the margin sets how much
+    real context each region keeps.
     """
 
     def __init__(
@@ -237,8 +280,10 @@ class PackedCropsExecutor(Executor):
         fallback_ratio: float = 0.8,
         min_inside: float = 0.5,
         border_tol: float = 2.0,
+        background: Optional[int] = None,
     ) -> None:
         super().__init__()
+        self.background = check_background(background)
         if margin < 0 or margin_rel < 0:
             raise ValueError(f"margins must be >= 0, got margin={margin}, margin_rel={margin_rel}")
         if int(gap) != gap or gap < 0:
@@ -350,14 +395,12 @@ class PackedCropsExecutor(Executor):
     # ---- running ----
 
     def _canvases(self, adapter: Adapter, images: Sequence[np.ndarray], plan: CropPlan) -> List[np.ndarray]:
-        from argos.adapters.yolov5 import letterbox
-
         size, stride, rect = int(adapter.img_size), int(adapter.stride), bool(getattr(adapter, "rect", True))
         h, w = plan.canvas_hw
         canvases = [np.full((h, w, 3), adapter.pad_value, np.uint8) for _ in range(plan.n_canvases)]
         placed = plan.canvas_boxes()
         for i in np.unique(plan.frame_index).tolist():
-            boxed, meta = letterbox(images[i], size, stride, rect, adapter.pad_value)
+            boxed, meta = _letterbox_frame(adapter, images[i], size, stride, rect)
             if tuple(boxed.shape[:2]) != plan.geometry[i].input_size or meta.pad != plan.geometry[i].pad:
                 raise RuntimeError(f"letterbox of frame {i} does not match the planned geometry")
             for k in np.flatnonzero(plan.frame_index == i).tolist():
@@ -397,12 +440,17 @@ class PackedCropsExecutor(Executor):
                 input_hw = full_hw
 
         t1 = time.perf_counter()
-        out = [Detections.empty(im.shape[:2]) for im in images]
+        out = [self._empty_output(adapter, im.shape[:2]) for im in images]
         for i, d in zip(full, full_dets):
             out[i] = d
-        per_frame = self._map_back(adapter, plan, canvas_dets)
+        if is_segmentation(adapter):
+            per_frame = self._map_back_segmentation(adapter, plan, canvas_dets)
+        else:
+            per_frame = self._map_back(adapter, plan, canvas_dets)
         for i, d in per_frame.items():
             out[i] = d
+        if is_segmentation(adapter):
+            out = [self._fill_outside(adapter, o, p.mask) for o, p in zip(out, proposals)]
 
         # Stats: canvas cost shared by the frames on each canvas, by crop area.
         gflops = [0.0] * n
@@ -475,6 +523,9 @@ class PackedCropsExecutor(Executor):
         placed = plan.canvas_boxes().astype(np.float64)
         shift = (plan.boxes[:, :2] - plan.positions).astype(np.float64)  # canvas -> letterboxed frame
         parts: Dict[int, List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = {}
+        # Instance masks (Tensor[n, h, w] bool at canvas size), in the same order as ``parts``.
+        mask_parts: Dict[int, List[torch.Tensor]] = {}
+        with_masks = any(d.masks is not None for d in canvas_dets)
         for c, d in enumerate(canvas_dets):
             on = np.flatnonzero(plan.canvas_index == c)
             if len(d) == 0 or len(on) == 0:
@@ -490,6 +541,8 @@ class PackedCropsExecutor(Executor):
                 k = crop[sel]
                 b = boxes[sel] + np.tile(shift[k], 2)
                 parts.setdefault(i, []).append((b, d.scores.numpy()[sel], d.labels.numpy()[sel], k))
+                if d.masks is not None:
+                    mask_parts.setdefault(i, []).append(d.masks[torch.from_numpy(sel)])
 
         iou = float(getattr(adapter, "iou", 0.65))
         max_det = getattr(adapter, "max_det", None)
@@ -497,15 +550,17 @@ class PackedCropsExecutor(Executor):
         for i in np.unique(plan.frame_index).tolist():
             geo = plan.geometry[i]
             if i not in parts:
-                out[i] = Detections.empty(geo.orig_size)
+                out[i] = Detections.empty(geo.orig_size, with_masks=with_masks)
                 continue
             b, s, l, k = (np.concatenate(x) for x in zip(*parts[i]))
+            rows = np.arange(len(b))  # which of the frame's detections survive, for their masks
             frame_crops = plan.boxes[plan.frame_index == i]
             if len(frame_crops) > 1:
                 keep = filter_crop_detections(
                     b, l, k, plan.boxes, geo.content_box, self.border_tol, _MIN_COVER
                 )
                 b, s, l = b[keep], s[keep], l[keep]
+                rows = rows[keep]
             bt, st, lt = torch.from_numpy(b).float(), torch.from_numpy(s).float(), torch.from_numpy(l).long()
             if len(frame_crops) > 1:
                 order = batched_nms(bt, st, lt, iou)
@@ -514,10 +569,56 @@ class PackedCropsExecutor(Executor):
             if max_det is not None:
                 order = order[: int(max_det)]
             bt, st, lt = bt[order], st[order], lt[order]
+            rows = rows[order.numpy()]
             (rw, rh), (left, top), (h, w) = geo.ratio, geo.pad, geo.orig_size
             bt[:, [0, 2]] = ((bt[:, [0, 2]] - left) / rw).clamp_(0, w)
             bt[:, [1, 3]] = ((bt[:, [1, 3]] - top) / rh).clamp_(0, h)
-            out[i] = Detections(bt, st, lt, geo.orig_size)
+            masks = None
+            if with_masks:
+                masks = _crop_masks_to_frame(torch.cat(mask_parts[i])[torch.from_numpy(rows)], k[rows], plan, geo)
+            out[i] = Detections(bt, st, lt, geo.orig_size, masks)
+        return out
+
+    def _map_back_segmentation(
+        self, adapter: Adapter, plan: CropPlan, canvas_segs: List[SegmentationMap]
+    ) -> Dict[int, SegmentationMap]:
+        """Canvas segmentations -> per-frame :class:`SegmentationMap` in original pixels.
+
+        Each crop's class probabilities (``scores``, Tensor[C, h, w] at canvas scale) are pasted
+        into its frame's letterboxed grid, averaged where crops overlap; the letterbox padding is
+        cut off and the sums and crop counts are resized bilinearly to the original size (so
+        uncovered pixels never dilute covered ones); labels are the argmax. Pixels no crop covers
+        get the background label and zero scores.
+        """
+        if not plan.n_canvases:
+            return {}
+        import torch.nn.functional as F
+
+        if any(s.scores is None for s in canvas_segs):
+            raise RuntimeError(f"{type(adapter).__name__} returned no scores; packed_crops pastes class probabilities")
+        label = background_label(adapter, self.background)
+        ignore = int(getattr(adapter, "ignore_index", 255))
+        placed = plan.canvas_boxes()
+        out: Dict[int, SegmentationMap] = {}
+        for i in np.unique(plan.frame_index).tolist():
+            geo = plan.geometry[i]
+            crops = np.flatnonzero(plan.frame_index == i).tolist()
+            c = canvas_segs[plan.canvas_index[crops[0]]].scores.shape[0]
+            acc = torch.zeros(c + 1, *geo.input_size)  # class sums, then the crop count
+            for k in crops:
+                x1, y1, x2, y2 = plan.boxes[k].tolist()
+                cx1, cy1, cx2, cy2 = placed[k].tolist()
+                acc[:c, y1:y2, x1:x2] += canvas_segs[plan.canvas_index[k]].scores[:, cy1:cy2, cx1:cx2].float()
+                acc[c, y1:y2, x1:x2] += 1.0
+            left, top, right, bottom = geo.content_box
+            acc = acc[:, top:bottom, left:right]
+            if tuple(acc.shape[1:]) != geo.orig_size:
+                acc = F.interpolate(acc[None], size=geo.orig_size, mode="bilinear", align_corners=False)[0]
+            count = acc[c]
+            covered = count > 1e-6
+            scores = acc[:c] / torch.where(covered, count, torch.ones_like(count))
+            labels = scores.argmax(0).masked_fill_(~covered, label)
+            out[i] = SegmentationMap(labels, geo.orig_size, scores, ignore)
         return out
 
     def __repr__(self) -> str:
@@ -525,3 +626,14 @@ class PackedCropsExecutor(Executor):
             f"PackedCropsExecutor(margin={self.margin}, margin_rel={self.margin_rel}, gap={self.gap}, "
             f"align={self.align}, fallback_ratio={self.fallback_ratio})"
         )
+
+
+def _letterbox_frame(adapter: Adapter, image: np.ndarray, size: int, stride: int, rect: bool):
+    """The adapter's own ``letterbox(image)`` when it has one (e.g. an RGB pad colour), else
+    YOLOv5's :func:`~argos.adapters.yolov5.letterbox` -> (ndarray[h, w, 3] uint8, LetterboxMeta)."""
+    own = getattr(adapter, "letterbox", None)
+    if callable(own):
+        return own(image)
+    from argos.adapters.yolov5 import letterbox
+
+    return letterbox(image, size, stride, rect, adapter.pad_value)
