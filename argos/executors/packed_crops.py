@@ -515,7 +515,11 @@ class PackedCropsExecutor(Executor):
         return fit[0] * hw[0] * hw[1] + fit[1]
 
     def _map_back(self, adapter: Adapter, plan: CropPlan, canvas_dets: List[Detections]) -> Dict[int, Detections]:
-        """Canvas detections -> per-frame :class:`Detections` in original pixels."""
+        """Canvas detections -> per-frame :class:`Detections` in original pixels.
+
+        Instance masks, when the adapter returns them, follow their detections: each is cut to
+        its own crop and pasted into the frame (:func:`_crop_masks_to_frame`).
+        """
         if not plan.n_canvases:
             return {}
         from torchvision.ops import batched_nms
