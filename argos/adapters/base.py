@@ -27,12 +27,15 @@ class Adapter(abc.ABC):
         device (torch.device): where the model runs.
         task (str): ``"detection"`` (postprocess returns :class:`Detections`) or
             ``"segmentation"`` (it returns :class:`~argos.structures.SegmentationMap`).
+        returns_masks (bool): detections carry instance masks (``Detections.masks``), so a frame
+            the model skips gets an empty ``[0, H, W]`` mask tensor too.
     """
 
     names: Dict[int, str]
     stride: int = 32
     pad_value: Union[int, Tuple[int, int, int]] = 114
     task: str = "detection"
+    returns_masks: bool = False
     img_size: int = 640
     device: torch.device = torch.device("cpu")
 

@@ -134,6 +134,7 @@ class CascadeMaskRCNNAdapter(Adapter):
     """
 
     stride = 32
+    returns_masks = True
 
     def __init__(
         self,

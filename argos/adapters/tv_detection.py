@@ -256,6 +256,12 @@ class TorchvisionAdapter(Adapter):
     def module(self) -> nn.Module:
         return self._model.backbone
 
+    @property
+    def returns_masks(self) -> bool:  # type: ignore[override]
+        """Mask R-CNN style models return instance masks."""
+        heads = getattr(self._model, "roi_heads", None)
+        return bool(heads is not None and heads.has_mask())
+
     def _to_tensors(self, images: Sequence[np.ndarray]) -> List[torch.Tensor]:
         if isinstance(images, np.ndarray) and images.ndim == 3:
             raise TypeError("preprocess takes a list of images; wrap a single image as [image]")

@@ -38,7 +38,7 @@ class Executor(abc.ABC):
         """What a frame the model did not run on gets: no detections, or all background."""
         if is_segmentation(adapter):
             return empty_segmentation(adapter, image_size, self.background)
-        return Detections.empty(image_size)
+        return Detections.empty(image_size, with_masks=bool(getattr(adapter, "returns_masks", False)))
 
     def _fill_outside(self, adapter: Adapter, seg: SegmentationMap, mask: torch.Tensor) -> SegmentationMap:
         """Pixels off ``mask`` get the background label (see :attr:`background`) and zero scores."""

@@ -66,3 +66,18 @@ def test_mismatched_proposals_rejected(yolov5n):
         MaskedExecutor().run(yolov5n, [image], [RegionProposals.full((64, 81))])
     with pytest.raises(ValueError, match="1 images but 2 proposals"):
         MaskedExecutor().run(yolov5n, [image], [RegionProposals.full((64, 80))] * 2)
+
+
+def test_skipped_frame_keeps_instance_mask_shape():
+    """An adapter with instance masks gets an empty [0, H, W] mask tensor on a frame it skips."""
+    from argos.executors.base import Executor
+
+    class _MaskAdapter:
+        returns_masks = True
+
+    class _Plain:
+        pass
+
+    empty = Executor._empty_output(MaskedExecutor(), _MaskAdapter(), (12, 20))
+    assert empty.masks is not None and tuple(empty.masks.shape) == (0, 12, 20)
+    assert Executor._empty_output(MaskedExecutor(), _Plain(), (12, 20)).masks is None
