@@ -21,7 +21,20 @@ Budget loss (paper, sec. 3.3): ``(F - budget)^2`` with ``F`` the executed share 
 branches' MACs over the network, plus per-block bound terms ``max(0, f_b - upper)^2 +
 max(0, lower - f_b)^2`` averaged over blocks. As in the paper the bounds start at the budget
 (``[budget, budget]``: no block may collapse to all-on or all-off early) and are relaxed to
-``[0, 1]`` with a cosine-squared schedule over ``anneal_steps``.
+``[0, 1]`` with a cosine-squared schedule over ``anneal_steps``; this follows the authors' code
+(its ``progress = cos(p * pi / 2)^2``, lower ``= progress * budget``, upper ``= 1 - progress *
+(1 - budget)``).
+
+Gate noise annealing (an option, not in the paper). The sampled gate fires with probability
+``sigmoid(logit)``, the inference gate iff ``logit > 0``: the budget loss only constrains the
+former, so both agree only once the logits are far from 0 (the paper's long training polarises
+them). After a short run they are not: logits near ``logit(0.25) = -1.1`` meet the budget in
+training and switch almost nothing on at inference. The temperature cannot help (the hard sample
+``sigmoid((logit + g) / T) > 0.5`` is ``logit + g > 0`` for any ``T``), so the noise itself is
+scaled: ``logit + s * g > 0`` with ``s`` going from 1 to 0 over ``noise_steps``
+(:func:`gate_noise_scale`, linear or cosine). From then on training runs the inference gates
+(straight-through: forward ``logit > 0``, backward the gradient of ``sigmoid(logit / T)``), and
+the budget loss acts on what inference executes.
 """
 from __future__ import annotations
 
@@ -46,6 +59,8 @@ __all__ = [
     "DynConvLoss",
     "DynConvAdapter",
     "gumbel_gate",
+    "gate_noise_scale",
+    "NOISE_SCHEDULES",
     "budget_loss",
     "flops_fraction",
 ]
@@ -74,18 +89,48 @@ class DynConvConfig(ResNetYOLOConfig):
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
 
-def gumbel_gate(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def gumbel_gate(logits: torch.Tensor, temperature: float = 1.0, noise: float = 1.0) -> torch.Tensor:
     """Hard 0/1 sample of ``sigmoid(logits)`` with a straight-through gradient.
 
     The difference of two Gumbel variables is logistic, so ``logit + g1 - g2 > 0`` samples the
     Bernoulli(``sigmoid(logit)``) gate; the gradient is that of ``sigmoid((logit + g1 - g2) / T)``.
+    ``noise`` scales ``g1 - g2``: at 0 the gate is the inference gate ``logit > 0``, with the
+    gradient of ``sigmoid(logit / T)``.
     """
-    u1, u2 = torch.rand_like(logits), torch.rand_like(logits)
-    eps = 1e-8
-    g = torch.log(torch.log(u2 + eps) / torch.log(u1 + eps) + eps)  # = g1 - g2, g = -log(-log u)
-    soft = torch.sigmoid((logits + g) / temperature)
+    if noise < 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
+    if noise > 0:
+        u1, u2 = torch.rand_like(logits), torch.rand_like(logits)
+        eps = 1e-8
+        g = torch.log(torch.log(u2 + eps) / torch.log(u1 + eps) + eps)  # = g1 - g2, g = -log(-log u)
+        logits = logits + noise * g
+    soft = torch.sigmoid(logits / temperature)
     hard = (soft > 0.5).to(logits.dtype)
     return hard + (soft - soft.detach())  # exactly hard in value
+
+
+#: Shapes of :func:`gate_noise_scale`'s decay.
+NOISE_SCHEDULES = ("constant", "linear", "cosine")
+
+
+def gate_noise_scale(step: int, steps: Optional[int], schedule: str = "cosine") -> float:
+    """Scale of the gates' Gumbel noise at training ``step``: 1 at step 0, 0 from ``steps`` on.
+
+    Args:
+        steps: length of the decay; ``None`` (or ``schedule="constant"``): always 1 (the paper).
+        schedule: ``"linear"`` (``1 - p``), ``"cosine"`` (``(1 + cos(pi p)) / 2``, slow at both
+            ends) or ``"constant"``, with ``p = step / steps``.
+    """
+    if schedule not in NOISE_SCHEDULES:
+        raise ValueError(f"schedule must be one of {NOISE_SCHEDULES}, got {schedule!r}")
+    if steps is None or schedule == "constant":
+        return 1.0
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1 or None, got {steps}")
+    p = min(max(step / steps, 0.0), 1.0)
+    if p >= 1.0:
+        return 0.0  # exactly deterministic, whatever the rounding of cos(pi)
+    return 1.0 - p if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * p))
 
 
 @dataclass
@@ -133,6 +178,8 @@ class GatedResidualBlock(nn.Module):
     Attributes:
         sparse (bool): at inference, run the branch through gather-scatter layers (else dense
             then masked; same result).
+        noise (float): scale of the Gumbel noise in training (:func:`gumbel_gate`); 1 by default,
+            set by :meth:`DynConvYOLO.set_gate_noise`. Not saved: a training-schedule value.
         last_mask (Tensor[B, h, w] bool): the gate of the last forward.
     """
 
@@ -156,6 +203,7 @@ class GatedResidualBlock(nn.Module):
         nn.init.normal_(self.gate.weight, std=0.01)
         nn.init.constant_(self.gate.bias, gate_bias)
         self.temperature = float(temperature)
+        self.noise = 1.0
         self.sparse = True
         self.last_mask: Optional[torch.Tensor] = None
         self._cost: Optional[BlockCost] = None
@@ -183,7 +231,7 @@ class GatedResidualBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         logits = self.gate(x)
         if self.training:
-            mask = gumbel_gate(logits, self.temperature)
+            mask = gumbel_gate(logits, self.temperature, self.noise)
         else:
             mask = (logits > 0).to(x.dtype)
         first = self.first_mask(mask, x)
@@ -267,6 +315,13 @@ class DynConvYOLO(ResNetYOLO):
     def gated_blocks(self) -> List[GatedResidualBlock]:
         return [m for m in self.modules() if isinstance(m, GatedResidualBlock)]
 
+    def set_gate_noise(self, scale: float) -> None:
+        """Scale of the gates' Gumbel noise in training forwards (0: the inference gates)."""
+        if scale < 0:
+            raise ValueError(f"gate noise scale must be >= 0, got {scale}")
+        for b in self.gated_blocks():
+            b.noise = float(scale)
+
     def gate_parameters(self) -> List[nn.Parameter]:
         """The gates' weights and biases (e.g. for their own optimiser group)."""
         return [p for b in self.gated_blocks() for p in b.gate.parameters()]
@@ -327,20 +382,39 @@ def budget_loss(
 class DynConvLoss:
     """Task loss (YOLOv5-style, :class:`~argos.adapters.yolo_loss.YOLOLoss`) + weighted budget loss.
 
+    Also holds the training schedule of the gates' noise (module docstring), which
+    :meth:`DynConvAdapter.train_step` applies before each forward (:meth:`noise_scale`).
+
     Args:
         net: the network (its head's anchors/strides, its config's budget).
         budget_weight: weight of :func:`budget_loss` (the paper's 10).
         anneal_steps: steps over which the per-block bounds relax (the paper: a third of training).
         budget: override of ``net.config.budget``.
+        noise_steps: steps over which the Gumbel noise decays to 0 (:func:`gate_noise_scale`);
+            after them training runs the inference gates. ``None``: constant noise (the paper).
+        noise_schedule: one of :data:`NOISE_SCHEDULES`.
     """
 
     def __init__(
-        self, net: DynConvYOLO, budget_weight: float = 10.0, anneal_steps: int = 1000, budget: Optional[float] = None
+        self,
+        net: DynConvYOLO,
+        budget_weight: float = 10.0,
+        anneal_steps: int = 1000,
+        budget: Optional[float] = None,
+        noise_steps: Optional[int] = None,
+        noise_schedule: str = "cosine",
     ) -> None:
         self.budget = float(net.config.budget if budget is None else budget)
         self.budget_weight = float(budget_weight)
         self.anneal_steps = int(anneal_steps)
+        self.noise_steps = None if noise_steps is None else int(noise_steps)
+        self.noise_schedule = noise_schedule
+        gate_noise_scale(0, self.noise_steps, noise_schedule)  # validates both
         self.task = YOLOLoss(net.head.anchors, net.head.stride.tolist(), net.head.nc)
+
+    def noise_scale(self, step: int) -> float:
+        """Gumbel noise scale of the gates at training ``step``."""
+        return gate_noise_scale(step, self.noise_steps, self.noise_schedule)
 
     def __call__(
         self,
@@ -447,11 +521,14 @@ class DynConvAdapter(ResNetYOLOAdapter):
             images: Tensor[B, 3, H, W] in [0, 1] (e.g. from :meth:`preprocess`), H, W multiples of 32.
             targets: per image ``{"boxes": xyxy network-input pixels, "labels": 0..nc-1}``, or None
                 for the budget loss alone.
-            step: for the bounds' annealing; default: this adapter's count of train steps.
-            criterion: default ``DynConvLoss(self.module)``, kept between calls.
+            step: for the bounds' and the gate noise's schedules; default: this adapter's count
+                of train steps.
+            criterion: default ``DynConvLoss(self.module)`` (constant noise), kept between calls.
 
         Returns:
-            The loss terms and the executed FLOPs fraction (``"fraction"``) of this step.
+            The loss terms, the executed FLOPs fraction (``"fraction"``, of the gates as sampled
+            in this step) and the gate noise scale (``"noise"``; at 0 the fraction is that of
+            the inference gates, with training-mode BatchNorm).
         """
         if criterion is None:
             if self._criterion is None:
@@ -459,6 +536,8 @@ class DynConvAdapter(ResNetYOLOAdapter):
             criterion = self._criterion
         step = self._steps if step is None else int(step)
         net = self._net
+        noise = criterion.noise_scale(step)
+        net.set_gate_noise(noise)
         net.train()
         try:
             outputs = net(images.to(self.device))
@@ -469,4 +548,5 @@ class DynConvAdapter(ResNetYOLOAdapter):
         finally:
             net.eval()
         self._steps += 1
+        stats["noise"] = noise
         return stats

@@ -1,5 +1,6 @@
 """DynConv: hard gates at inference, gather-scatter branches against a masked-dense reference
-written out here, all-on gates against the plain ResNet-YOLO, the budget loss, the YOLO loss."""
+written out here, all-on gates against the plain ResNet-YOLO, the budget loss and the gate-noise
+annealing, the YOLO loss."""
 from __future__ import annotations
 
 import math
@@ -17,9 +18,11 @@ from argos.adapters.dynconv import (
     BlockCost,
     DynConvAdapter,
     DynConvConfig,
+    DynConvLoss,
     DynConvYOLO,
     GatedResidualBlock,
     budget_loss,
+    gate_noise_scale,
     gumbel_gate,
 )
 from argos.adapters.resnet_yolo import ResNetYOLO, ResNetYOLOAdapter, ResNetYOLOConfig
@@ -95,6 +98,33 @@ def test_gumbel_gate_is_hard_with_bernoulli_rate_and_a_gradient():
     torch.testing.assert_close(rate, torch.sigmoid(torch.tensor([-2.0, 0.0, 1.5])), atol=0.015, rtol=0)
     m.sum().backward()
     assert bool((logits.grad > 0).all()), "straight-through: the soft sample's positive slope"
+
+
+def test_gumbel_gate_without_noise_is_the_inference_gate_with_sigmoid_gradient():
+    logits = torch.linspace(-3, 3, 13).requires_grad_()
+    m = gumbel_gate(logits, temperature=0.5, noise=0.0)
+    assert torch.equal(m.detach(), (logits > 0).float())
+    (m * torch.arange(13.0)).sum().backward()
+    ref = logits.detach().clone().requires_grad_()
+    (torch.sigmoid(ref / 0.5) * torch.arange(13.0)).sum().backward()
+    torch.testing.assert_close(logits.grad, ref.grad)
+    with pytest.raises(ValueError, match="noise"):
+        gumbel_gate(logits, noise=-1.0)
+
+
+def test_gate_noise_schedule_decays_from_one_to_zero():
+    for schedule in ("linear", "cosine"):
+        scales = [gate_noise_scale(s, 40, schedule) for s in range(-2, 45)]
+        assert scales[:3] == [1.0, 1.0, 1.0] and scales[-5:] == [0.0] * 5  # steps -2..0, 40..44
+        assert all(a >= b for a, b in zip(scales, scales[1:]))
+        assert gate_noise_scale(20, 40, schedule) == pytest.approx(0.5)
+    assert gate_noise_scale(10, 40, "linear") == pytest.approx(0.75)
+    assert gate_noise_scale(10, 40, "cosine") == pytest.approx((1 + math.cos(math.pi / 4)) / 2)
+    assert gate_noise_scale(10**6, None) == 1.0 == gate_noise_scale(39, 40, "constant")
+    with pytest.raises(ValueError, match="linear"):
+        gate_noise_scale(0, 40, "exponential")
+    with pytest.raises(ValueError, match="cosine"):
+        DynConvLoss(DynConvYOLO(DynConvConfig(**SMALL)), noise_steps=10, noise_schedule="step")
 
 
 def test_gate_is_hard_threshold_at_inference():
@@ -237,6 +267,50 @@ def test_budget_steps_move_executed_fraction_towards_target(gate_bias):
         with torch.inference_mode():
             adapter.forward(x)
         assert abs(adapter.last_flops_fraction - 0.25) < 0.15, adapter.last_flops_fraction
+
+
+def test_noise_annealing_brings_the_inference_fraction_to_the_budget():
+    """The failure the annealing fixes: gate logits narrowly spread around -2 (median), where the
+    sampled gates execute a budget-sized share but the hard threshold runs nothing. With the noise
+    annealed to 0 over 4 of 10 budget-only steps, training ends on the inference gates and the
+    budget loss pulls what inference executes to the target."""
+    torch.manual_seed(12)
+    adapter = DynConvAdapter(DynConvConfig(**SMALL, gate_bias=0.0), img_size=64)
+    net = adapter.module
+    x = torch.rand(2, 3, 64, 96)
+    # Running statistics = the last training batch's: eval forwards then see the training
+    # forwards' features, so the test isolates the gates (a fresh net's running stats do not).
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 1.0
+    logits = {}
+    hooks = [b.gate.register_forward_hook(lambda m, i, o, b=b: logits.__setitem__(b, o.detach()))
+             for b in net.gated_blocks()]  # fmt: skip
+    net.train()
+    with torch.no_grad():
+        net(x)
+    for h in hooks:
+        h.remove()
+    with torch.no_grad():  # per block: logit spread (std over positions) 0.5, median -2
+        for b in net.gated_blocks():
+            z = (logits[b] - b.gate.bias) * (0.5 / logits[b].std())
+            b.gate.weight.mul_(0.5 / logits[b].std())
+            b.gate.bias.fill_(-2.0 - float(z.median()))
+    net.eval()
+
+    def inference_fraction() -> float:
+        with torch.inference_mode():
+            adapter.forward(x)
+        return adapter.last_flops_fraction
+
+    assert inference_fraction() < 0.02
+    criterion = DynConvLoss(net, budget_weight=10.0, anneal_steps=1, noise_steps=4, noise_schedule="cosine")
+    opt = torch.optim.SGD(net.gate_parameters(), lr=1.0)
+    stats = [adapter.train_step(x, None, opt, criterion=criterion) for _ in range(10)]
+    assert [st["noise"] for st in stats[4:]] == [0.0] * 6 and 0.0 < stats[1]["noise"] < 1.0
+    assert stats[0]["fraction"] > 0.15, "sampled gates run a budget-sized share; the hard gates ~none"
+    final = inference_fraction()
+    assert abs(final - 0.25) < 0.05, (final, [round(st["fraction"], 3) for st in stats])
 
 
 def test_task_and_budget_step_trains_everything():
