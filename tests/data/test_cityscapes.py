@@ -469,3 +469,18 @@ def test_bench_scores_a_perfect_detector_perfectly(root):
     r = _bench_with(answers, dataset="citypersons", images=str(root / "leftImg8bit/val"),
                     annotations=str(root / "val_gt.json"))  # no subset: the small pedestrian is missed
     assert r["baseline"]["recall"] == pytest.approx(3 / 4)
+
+
+def test_bench_segmentation_on_cityscapes(root, tmp_path):
+    """A segmentation model on Cityscapes: mIoU and pixel accuracy from the labelIds maps."""
+    from argos.bench import BenchConfig, format_table, run_bench
+
+    cfg = BenchConfig(dataset="cityscapes", images=str(root / "leftImg8bit" / "val"), detector="pspnet",
+                      detector_kwargs={"depth": 18}, img_size=64, proposer="oracle", executor="packed_crops",
+                      warmup=0, threads=1)
+    result = run_bench(cfg, progress=False)
+    assert result["task"] == "segmentation"
+    for side in ("baseline", "argos"):
+        assert 0.0 <= result[side]["miou"] <= 1.0 and 0.0 <= result[side]["pixel_accuracy"] <= 1.0
+    assert 0.0 <= result["agreement"]["pixel_agreement_in_region"] <= 1.0
+    assert "mIoU" in format_table(result)
