@@ -2,7 +2,7 @@
 
 Times the executor's own work on a 640x480 frame, without the detector:
 
-- ``plan``: proposal boxes -> margin, grid snap, merge, canvas-shape choice and rectpack packing;
+- ``plan``: proposal boxes -> margin, grid snap, merge, canvas-shape choice and packing;
 - ``canvases``: letterbox the frame and copy the crops onto canvases;
 - ``map back``: 300 detections per canvas (what conf 0.001 gives) -> crop assignment, border
   filter, class-aware NMS, original pixels.
@@ -120,7 +120,7 @@ def main(argv=None) -> None:
         r = measure(n, args.runs, args.warmup, tuple(args.size), args.img_size, not args.strips, args.seed)
         print(f"{n:>8d} {r['plan']:>8.2f} {r['canvas build']:>9.2f} {r['map back']:>7.2f} {r['total']:>9.2f} "
               f"{r['crops']:>6.1f} {r['canvases']:>8.2f} {r['packed']:>7.3f} {r['fallback']:>8.2f}")
-    print("plan = margin, snap, merge, canvas choice, rectpack; packed = canvas area / frame input area "
+    print("plan = margin, snap, merge, canvas choice, packing; packed = canvas area / frame input area "
           "(packed frames); fallback = share of frames run whole")
 
 

@@ -43,7 +43,14 @@ from argos.structures import Detections, RegionProposals, SegmentationMap
 # Share of a cut detection that a whole one from another crop must cover to replace it.
 _MIN_COVER = 0.5
 
-__all__ = ["PackedCropsExecutor", "CropPlan", "FrameGeometry", "frame_geometry", "filter_crop_detections"]
+__all__ = [
+    "PackedCropsExecutor",
+    "CropPlan",
+    "FrameGeometry",
+    "frame_geometry",
+    "filter_crop_detections",
+    "assign_to_crops",
+]
 
 
 @dataclass(frozen=True)
@@ -115,13 +122,6 @@ def _box_area(b: np.ndarray) -> np.ndarray:
     return (b[..., 2] - b[..., 0]).clip(min=0) * (b[..., 3] - b[..., 1]).clip(min=0)
 
 
-def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """ndarray[N, 4], ndarray[M, 4] -> ndarray[N, M] intersection areas."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    return (rb - lt).clip(min=0).prod(-1)
-
-
 def _has_native(adapter: Adapter) -> bool:
     """Whether the adapter can run images at scale 1 (``preprocess_native``, e.g. YOLOv5Adapter)."""
     return callable(getattr(adapter, "preprocess_native", None))
@@ -171,20 +171,24 @@ def filter_crop_detections(
     keep = np.ones(n, bool)
     if n == 0 or len(crops) < 2:
         return keep
-    c = crops[crop_index].astype(np.float64)
-    cl, ct, cr, cb = (float(v) for v in content_box)
-    cut = (
-        ((boxes[:, 0] <= c[:, 0] + border_tol) & (c[:, 0] > cl))
-        | ((boxes[:, 1] <= c[:, 1] + border_tol) & (c[:, 1] > ct))
-        | ((boxes[:, 2] >= c[:, 2] - border_tol) & (c[:, 2] < cr))
-        | ((boxes[:, 3] >= c[:, 3] - border_tol) & (c[:, 3] < cb))
-    )
+    # Per crop edge, the line a detection edge must reach to count as cut; edges along the image
+    # border get one no box reaches, so a detection needs one comparison per edge.
+    c = crops.astype(np.float64)
+    content = np.asarray(content_box, np.float64)
+    lo = np.where(c[:, :2] > content[:2], c[:, :2] + border_tol, -np.inf)
+    hi = np.where(c[:, 2:] < content[2:], c[:, 2:] - border_tol, np.inf)
+    lines = np.concatenate([lo, hi], 1)[crop_index]
+    below, above = boxes <= lines, boxes >= lines
+    cut = below[:, 0] | below[:, 1] | above[:, 2] | above[:, 3]
     ci, wi = np.flatnonzero(cut), np.flatnonzero(~cut)
     if len(ci) == 0 or len(wi) == 0:
         return keep
     # Intersections only for the (cut, whole) pairs that could replace: same class, other crop.
-    same_class = labels[ci][:, None] == labels[wi][None, :]
-    a, w = np.nonzero(same_class & (crop_index[ci][:, None] != crop_index[wi][None, :]))
+    # The pairs come from each class's run of whole detections (sorted by class), not from a
+    # dense cut x whole matrix: with hundreds of low-score detections most pairs differ in class.
+    a, w = _same_class_pairs(labels[ci], labels[wi])
+    other = crop_index[ci[a]] != crop_index[wi[w]]
+    a, w = a[other], w[other]
     if len(a) == 0:
         return keep
     bc, bw = boxes[ci[a]], boxes[wi[w]]
@@ -192,6 +196,56 @@ def filter_crop_detections(
     replaced = inter >= min_cover * np.maximum(_box_area(bc), 1e-9)
     keep[ci[np.unique(a[replaced])]] = False
     return keep
+
+
+def _same_class_pairs(la: np.ndarray, lb: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """All ``(i, j)`` with ``la[i] == lb[j]`` -> (ndarray[P] int64 i, ndarray[P] int64 j), in no set order."""
+    srt = np.argsort(lb, kind="stable")
+    lo = np.searchsorted(lb[srt], la, "left")
+    cnt = np.searchsorted(lb[srt], la, "right") - lo
+    total = int(cnt.sum())
+    i = np.repeat(np.arange(len(la)), cnt)
+    # For pair p of row i: its place in the sorted run, lo[i] + (p - first pair of i).
+    start = np.cumsum(cnt) - cnt
+    j = srt[np.arange(total) - np.repeat(start - lo, cnt)]
+    return i, j
+
+
+def assign_to_crops(
+    boxes: np.ndarray, det_canvas: np.ndarray, placed: np.ndarray, crop_canvas: np.ndarray, min_inside: float
+) -> Tuple[np.ndarray, np.ndarray]:
+    """The crop each canvas detection belongs to: the one on its canvas that holds most of its box.
+
+    Args:
+        boxes (ndarray[N, 4]): detections, canvas pixels.
+        det_canvas (ndarray[N] int): canvas of each detection.
+        placed (ndarray[K, 4]): crop boxes on their canvases.
+        crop_canvas (ndarray[K] int): canvas of each crop.
+        min_inside: share in [0, 1] of a detection's area its crop must hold for it to be kept.
+
+    Returns:
+        ``(crop, inside)``: ndarray[N] int64 crop index (the lowest on ties; the canvas's first
+        crop when none overlaps) and ndarray[N] bool, whether the crop holds enough of the box.
+        Detections on a canvas without crops are never inside.
+    """
+    n = len(boxes)
+    if n == 0 or len(placed) == 0:
+        return np.zeros(n, np.int64), np.zeros(n, bool)
+    # Intersections as [K, N] from the box columns: contiguous rows, fewer and faster array ops
+    # than [N, K, 2] corners (this runs on every canvas detection, hundreds per frame).
+    x1, y1, x2, y2 = np.ascontiguousarray(boxes.T, dtype=np.float64)
+    p = placed.astype(np.float64)
+    iw = np.minimum(x2, p[:, 2:3])
+    iw -= np.maximum(x1, p[:, 0:1])
+    ih = np.minimum(y2, p[:, 3:4])
+    ih -= np.maximum(y1, p[:, 1:2])
+    inter = np.maximum(iw, 0, out=iw)
+    inter *= np.maximum(ih, 0, out=ih)
+    # -1 below any real intersection, so argmax only picks a crop of the detection's canvas.
+    inter[crop_canvas[:, None] != det_canvas] = -1.0
+    crop = inter.argmax(0)
+    area = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
+    return crop, inter.max(0) >= min_inside * np.maximum(area, 1e-9)
 
 
 def _crop_masks_to_frame(masks: torch.Tensor, crops: np.ndarray, plan: CropPlan, geo: FrameGeometry) -> torch.Tensor:
@@ -234,10 +288,11 @@ class PackedCropsExecutor(Executor):
 
     Per frame: proposal boxes -> network pixels -> context margin -> snapped to the ``align``
     grid -> merged when one crop costs no more than two. All crops of the batch are packed
-    together with ``rectpack`` onto canvases of one shape, chosen among ``canvas_sizes`` to use
-    the fewest pixels. A frame runs whole (exactly as the unwrapped detector) when its crops
-    would cost at least ``fallback_ratio`` of its own input, and all packed frames do when the
-    canvases would, or when a crop fits no canvas: no region is ever dropped.
+    together (guillotine heuristic, :mod:`~argos.executors.packing`) onto canvases of one shape,
+    chosen among ``canvas_sizes`` to use the fewest pixels. A frame runs whole (exactly as the
+    unwrapped detector) when its crops would cost at least ``fallback_ratio`` of its own input,
+    and all packed frames do when the canvases would, or when a crop fits no canvas: no region
+    is ever dropped.
 
     Detections are assigned to the crop that holds most of their box; those mostly outside it
     (in padding or a neighbour crop) are dropped, as are detections cut by a crop border when
@@ -379,7 +434,7 @@ class PackedCropsExecutor(Executor):
             try:
                 packing = choose_and_pack(sizes, candidates, gap, align, budget)
             except PackingError:
-                packing = None  # rectpack left a crop out: run those frames whole rather than lose it
+                packing = None  # a crop fits no canvas: run those frames whole rather than lose it
             if packing is None or packing.area >= budget:
                 for i in set(frames):
                     fallback[i] = True
@@ -398,15 +453,16 @@ class PackedCropsExecutor(Executor):
         size, stride, rect = int(adapter.img_size), int(adapter.stride), bool(getattr(adapter, "rect", True))
         h, w = plan.canvas_hw
         canvases = [np.full((h, w, 3), adapter.pad_value, np.uint8) for _ in range(plan.n_canvases)]
-        placed = plan.canvas_boxes()
-        for i in np.unique(plan.frame_index).tolist():
+        # Plain lists: per-crop numpy indexing would cost more than the copies of small crops.
+        crops = list(zip(plan.frame_index.tolist(), plan.canvas_index.tolist(), plan.boxes.tolist(),
+                         plan.canvas_boxes().tolist()))  # fmt: skip
+        for i in sorted(set(plan.frame_index.tolist())):
             boxed, meta = _letterbox_frame(adapter, images[i], size, stride, rect)
             if tuple(boxed.shape[:2]) != plan.geometry[i].input_size or meta.pad != plan.geometry[i].pad:
                 raise RuntimeError(f"letterbox of frame {i} does not match the planned geometry")
-            for k in np.flatnonzero(plan.frame_index == i).tolist():
-                x1, y1, x2, y2 = plan.boxes[k].tolist()
-                cx1, cy1, cx2, cy2 = placed[k].tolist()
-                canvases[plan.canvas_index[k]][cy1:cy2, cx1:cx2] = boxed[y1:y2, x1:x2]
+            for frame, canvas, (x1, y1, x2, y2), (cx1, cy1, cx2, cy2) in crops:
+                if frame == i:
+                    canvases[canvas][cy1:cy2, cx1:cx2] = boxed[y1:y2, x1:x2]
         return canvases
 
     def run(
@@ -524,49 +580,44 @@ class PackedCropsExecutor(Executor):
             return {}
         from torchvision.ops import batched_nms
 
-        placed = plan.canvas_boxes().astype(np.float64)
-        shift = (plan.boxes[:, :2] - plan.positions).astype(np.float64)  # canvas -> letterboxed frame
-        parts: Dict[int, List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = {}
-        # Instance masks (Tensor[n, h, w] bool at canvas size), in the same order as ``parts``.
-        mask_parts: Dict[int, List[torch.Tensor]] = {}
         with_masks = any(d.masks is not None for d in canvas_dets)
-        for c, d in enumerate(canvas_dets):
-            on = np.flatnonzero(plan.canvas_index == c)
-            if len(d) == 0 or len(on) == 0:
-                continue
-            boxes = d.boxes.numpy().astype(np.float64)
-            inter = _intersection(boxes, placed[on])
-            best = inter.argmax(1)
-            area = _box_area(boxes)
-            inside = inter[np.arange(len(boxes)), best] >= self.min_inside * np.maximum(area, 1e-9)
-            crop = on[best]
-            for i in np.unique(plan.frame_index[crop[inside]]).tolist():
-                sel = inside & (plan.frame_index[crop] == i)
-                k = crop[sel]
-                b = boxes[sel] + np.tile(shift[k], 2)
-                parts.setdefault(i, []).append((b, d.scores.numpy()[sel], d.labels.numpy()[sel], k))
-                if d.masks is not None:
-                    mask_parts.setdefault(i, []).append(d.masks[torch.from_numpy(sel)])
+        if with_masks and any(d.masks is None for d in canvas_dets):
+            raise RuntimeError(f"{type(adapter).__name__} returned instance masks for some canvases only")
+        # All canvases at once: one assignment and one gather per frame instead of Python work
+        # per canvas and frame. Rows stay in (canvas, detection) order, which NMS ties depend on.
+        counts = [len(d) for d in canvas_dets]
+        det_canvas = np.repeat(np.arange(len(canvas_dets)), counts)
+        if len(det_canvas):
+            boxes = torch.cat([d.boxes for d in canvas_dets]).numpy().astype(np.float64)
+            scores = torch.cat([d.scores for d in canvas_dets]).numpy()
+            labels = torch.cat([d.labels for d in canvas_dets]).numpy()
+        else:
+            boxes, scores, labels = np.zeros((0, 4)), np.zeros(0, np.float32), np.zeros(0, np.int64)
+        masks_all = torch.cat([d.masks for d in canvas_dets]) if with_masks else None
+        crop, inside = assign_to_crops(boxes, det_canvas, plan.canvas_boxes(), plan.canvas_index, self.min_inside)
+        # canvas -> letterboxed frame, per crop, added to xyxy
+        shift = np.tile(plan.boxes[:, :2] - plan.positions, 2).astype(np.float64)
+        kept = np.flatnonzero(inside)
+        kept_frame = plan.frame_index[crop[kept]]
+        crops_per_frame = np.bincount(plan.frame_index, minlength=len(plan.geometry))
 
         iou = float(getattr(adapter, "iou", 0.65))
         max_det = getattr(adapter, "max_det", None)
         out: Dict[int, Detections] = {}
-        for i in np.unique(plan.frame_index).tolist():
+        for i in np.flatnonzero(crops_per_frame).tolist():
             geo = plan.geometry[i]
-            if i not in parts:
+            rows = kept[kept_frame == i]  # rows of the frame's detections, into the concatenation
+            if len(rows) == 0:
                 out[i] = Detections.empty(geo.orig_size, with_masks=with_masks)
                 continue
-            b, s, l, k = (np.concatenate(x) for x in zip(*parts[i]))
-            rows = np.arange(len(b))  # which of the frame's detections survive, for their masks
-            frame_crops = plan.boxes[plan.frame_index == i]
-            if len(frame_crops) > 1:
-                keep = filter_crop_detections(
-                    b, l, k, plan.boxes, geo.content_box, self.border_tol, _MIN_COVER
-                )
-                b, s, l = b[keep], s[keep], l[keep]
-                rows = rows[keep]
-            bt, st, lt = torch.from_numpy(b).float(), torch.from_numpy(s).float(), torch.from_numpy(l).long()
-            if len(frame_crops) > 1:
+            k = crop[rows]
+            b = boxes[rows] + shift[k]
+            l = labels[rows]
+            if crops_per_frame[i] > 1:
+                keep = filter_crop_detections(b, l, k, plan.boxes, geo.content_box, self.border_tol, _MIN_COVER)
+                rows, b, l = rows[keep], b[keep], l[keep]
+            bt, st, lt = torch.from_numpy(b).float(), torch.from_numpy(scores[rows]), torch.from_numpy(l)
+            if crops_per_frame[i] > 1:
                 order = batched_nms(bt, st, lt, iou)
             else:
                 order = torch.argsort(st, descending=True, stable=True)
@@ -575,11 +626,11 @@ class PackedCropsExecutor(Executor):
             bt, st, lt = bt[order], st[order], lt[order]
             rows = rows[order.numpy()]
             (rw, rh), (left, top), (h, w) = geo.ratio, geo.pad, geo.orig_size
-            bt[:, [0, 2]] = ((bt[:, [0, 2]] - left) / rw).clamp_(0, w)
-            bt[:, [1, 3]] = ((bt[:, [1, 3]] - top) / rh).clamp_(0, h)
+            bt[:, 0::2].sub_(left).div_(rw).clamp_(0, w)  # in place on views of the fresh bt
+            bt[:, 1::2].sub_(top).div_(rh).clamp_(0, h)
             masks = None
-            if with_masks:
-                masks = _crop_masks_to_frame(torch.cat(mask_parts[i])[torch.from_numpy(rows)], k[rows], plan, geo)
+            if masks_all is not None:
+                masks = _crop_masks_to_frame(masks_all[torch.from_numpy(rows)], crop[rows], plan, geo)
             out[i] = Detections(bt, st, lt, geo.orig_size, masks)
         return out
 

@@ -13,7 +13,13 @@ import argos
 from argos import Detections, RegionProposals
 from argos.adapters.base import Adapter
 from argos.adapters.yolov5 import LetterboxMeta, YOLOv5Adapter, boxes_to_original, letterbox
-from argos.executors.packed_crops import PackedCropsExecutor, filter_crop_detections, frame_geometry
+from argos.executors.packed_crops import (
+    PackedCropsExecutor,
+    _same_class_pairs,
+    assign_to_crops,
+    filter_crop_detections,
+    frame_geometry,
+)
 
 
 def assert_same(a: Detections, b: Detections, atol: float = 0.0):
@@ -191,6 +197,94 @@ def test_cut_detection_dropped_when_another_crop_holds_the_object_whole():
     # A crop edge on the image border is not a cut: crop 0's right edge at the content edge.
     keep = filter_crop_detections(boxes, labels, crop_index, crops, (0, 0, 120, 480))
     assert keep.tolist() == [True, True, True, True]
+
+
+def _overlap(a, b) -> float:
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def _area(a) -> float:
+    return max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1])
+
+
+def random_crop_layout(rng, n_det: int, n_crops: int):
+    """Crops on a grid of a 640x480 frame (some along its border), detections near them."""
+    x1 = rng.integers(0, 10, n_crops) * 64
+    y1 = rng.integers(0, 7, n_crops) * 64
+    crops = np.stack([x1, y1, x1 + rng.integers(1, 4, n_crops) * 64, y1 + rng.integers(1, 4, n_crops) * 64], 1)
+    crops = np.minimum(crops, [640, 480, 640, 480])
+    xy = rng.uniform(-20, 620, (n_det, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(0, 150, (n_det, 2))], 1)
+    boxes[: n_det // 4] = np.round(boxes[: n_det // 4] / 64) * 64  # edges exactly on crop edges
+    return crops, boxes
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_assign_to_crops_equals_a_loop_over_canvases_and_crops(seed):
+    rng = np.random.default_rng(seed)
+    placed, boxes = random_crop_layout(rng, 300, 9)
+    crop_canvas = rng.integers(0, 3, 9)
+    crop_canvas[crop_canvas == 2] = 1  # canvas 2 holds no crop
+    det_canvas = rng.integers(0, 3, 300)
+    for min_inside in (0.0, 0.5, 1.0):
+        crop, inside = assign_to_crops(boxes, det_canvas, placed, crop_canvas, min_inside)
+        for n, (box, c) in enumerate(zip(boxes.tolist(), det_canvas.tolist())):
+            on = [k for k in range(9) if crop_canvas[k] == c]
+            if not on:
+                assert not inside[n]
+                continue
+            held = [_overlap(box, placed[k]) for k in on]
+            k = on[held.index(max(held))]  # the first crop holding the most
+            assert crop[n] == k
+            assert inside[n] == (max(held) >= min_inside * max(_area(box), 1e-9))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_filter_crop_detections_equals_a_loop_over_pairs(seed):
+    rng = np.random.default_rng(seed)
+    crops, _ = random_crop_layout(rng, 0, 6)
+    crops[:, 2:] = np.minimum(crops[:, :2] + 192, [640, 480])  # large crops, so that they overlap
+    # Each detection starts inside its own crop, some run over an edge (cut); the last 100 are
+    # the first 100 again, slightly moved, as seen from another crop.
+    crop_index = rng.integers(0, 6, 250)
+    c = crops[crop_index].astype(float)
+    xy = c[:, :2] + rng.uniform(0, 1, (250, 2)) * (c[:, 2:] - c[:, :2])
+    boxes = np.concatenate([xy, xy + rng.uniform(2, 60, (250, 2))], 1)
+    labels = rng.integers(0, 2, 250)
+    boxes[150:] = boxes[:100] + rng.uniform(-3, 3, (100, 4))
+    labels[150:] = labels[:100]
+    crop_index[150:] = (crop_index[:100] + rng.integers(1, 6, 100)) % 6
+    content = (0, 0, 640, 480) if seed % 2 else (0, 64, 640, 416)
+    keep = filter_crop_detections(boxes, labels, crop_index, crops, content, border_tol=2.0, min_cover=0.5)
+    cl, ct, cr, cb = content
+
+    def cut(n):
+        (x1, y1, x2, y2), (c1, d1, c2, d2) = boxes[n], crops[crop_index[n]]
+        return (
+            (x1 <= c1 + 2 and c1 > cl) or (y1 <= d1 + 2 and d1 > ct)
+            or (x2 >= c2 - 2 and c2 < cr) or (y2 >= d2 - 2 and d2 < cb)
+        )  # fmt: skip
+
+    is_cut = [cut(n) for n in range(250)]
+    dropped = 0
+    for n in range(250):
+        replaced = is_cut[n] and any(
+            not is_cut[m] and labels[m] == labels[n] and crop_index[m] != crop_index[n]
+            and _overlap(boxes[n], boxes[m]) >= 0.5 * max(_area(boxes[n]), 1e-9)
+            for m in range(250)
+        )  # fmt: skip
+        assert keep[n] == (not replaced), n
+        dropped += replaced
+    assert 0 < dropped and 0 < sum(is_cut) < 250  # the layout exercises both outcomes
+
+
+def test_same_class_pairs_lists_every_pair_once():
+    rng = np.random.default_rng(0)
+    la, lb = rng.integers(0, 6, 40), rng.integers(0, 6, 70)
+    i, j = _same_class_pairs(la, lb)
+    got = sorted(zip(i.tolist(), j.tolist()))
+    assert got == [(a, b) for a in range(40) for b in range(70) if la[a] == lb[b]]
+    assert len(_same_class_pairs(la, lb[:0])[0]) == 0 and len(_same_class_pairs(la[:0], lb)[0]) == 0
 
 
 def test_overlapping_crops_do_not_duplicate_an_object():

@@ -1,10 +1,12 @@
-"""Region geometry and rectpack packing for packed_crops: no overlap, no lost region, any count."""
+"""Region geometry and packing for packed_crops: no overlap, no lost region, any count, rectpack's placements."""
 import numpy as np
 import pytest
 
 from argos.executors.packing import (
     Packing,
     PackingError,
+    _canvas_limit,
+    _work_dtype,
     candidate_canvases,
     choose_and_pack,
     expand_boxes,
@@ -139,6 +141,20 @@ def test_merge_a_chain_of_touching_boxes_into_one():
     np.testing.assert_array_equal(merge_boxes(chain, 0), [[0, 0, 2000, 40]])
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_merge_is_the_same_with_int32_and_int64_work_arrays(seed):
+    # Costs depend on coordinate differences only, so shifting every box far away (which makes
+    # the int32 pair matrices unsafe, hence int64) must give the shifted boxes of the int32 run.
+    rng = np.random.default_rng(seed)
+    b = random_boxes(rng, [10, 40, 200, 300][seed], 480, 640, max_side=100)
+    b = (b // 32) * 32 + [0, 0, 32, 32]  # grid boxes, as snap_boxes gives: many equal savings
+    off = 10**6
+    assert _work_dtype(b, 32) == np.int32 and _work_dtype(b + off, 32) == np.int64
+    near, far = merge_boxes(b, 32), merge_boxes(b + off, 32)
+    assert near.dtype == far.dtype == np.int64
+    np.testing.assert_array_equal(far - off, near)
+
+
 def test_merge_handles_zero_one_and_1000_boxes():
     assert merge_boxes(np.zeros((0, 4)), 8).shape == (0, 4)
     np.testing.assert_array_equal(merge_boxes(np.array([[1, 2, 3, 4]]), 8), [[1, 2, 3, 4]])
@@ -246,3 +262,75 @@ def test_choose_with_many_random_regions_on_odd_sized_frames(seed):
     p = choose_and_pack(sizes, candidate_canvases(640, 32), gap=8, align=8)
     assert p is not None
     check_packing(p, sizes, 8, 8)
+
+
+def rectpack_reference(sizes, canvas_hw, gap, align):
+    """(canvas index, positions) that rectpack gives with the settings packed_crops relies on."""
+    rectpack = pytest.importorskip("rectpack")
+    H, W = canvas_hw
+    g = -(-gap // align)
+    units = -(-np.asarray(sizes) // align) + g
+    packer = rectpack.newPacker(
+        mode=rectpack.PackingMode.Offline, bin_algo=rectpack.PackingBin.BNF,
+        pack_algo=rectpack.GuillotineBafSas, sort_algo=rectpack.SORT_AREA, rotation=False,
+    )  # fmt: skip
+    for i, (w, h) in enumerate(units.tolist()):
+        packer.add_rect(w, h, rid=i)
+    packer.add_bin(W // align + g, H // align + g, count=float("inf"))
+    packer.pack()
+    index, positions = np.full(len(units), -1), np.zeros((len(units), 2), np.int64)
+    for b, x, y, _, _, rid in packer.rect_list():
+        index[rid], positions[rid] = b, (x * align, y * align)
+    return index, positions
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pack_places_every_crop_where_rectpack_does(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        n = int(rng.integers(1, 40))
+        gap, align = [(0, 1), (8, 8), (5, 4), (32, 32)][int(rng.integers(0, 4))]
+        H, W = [(256, 640), (640, 640), (96, 320)][int(rng.integers(0, 3))]
+        if seed % 2:  # few distinct sizes: ties in area and in free-section fit
+            sizes = rng.integers(1, 4, (n, 2)) * [W // 4, H // 4]
+        else:
+            sizes = np.stack([rng.integers(1, W + 1, n), rng.integers(1, H + 1, n)], 1)
+        p = pack(sizes, (H, W), gap=gap, align=align)
+        index, positions = rectpack_reference(sizes, (H, W), gap, align)
+        np.testing.assert_array_equal(p.canvas_index, index)
+        np.testing.assert_array_equal(p.positions, positions)
+        assert p.n_canvases == index.max() + 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_choose_finds_the_least_area_of_all_candidates(seed):
+    # choose_and_pack skips shapes by a lower bound and stops packings that can no longer win;
+    # an exhaustive search over every shape must find no smaller area.
+    rng = np.random.default_rng(seed)
+    cands = candidate_canvases(640, 32, native=bool(seed % 2))
+    for _ in range(10):
+        boxes = random_boxes(rng, int(rng.integers(1, 60)), 480, 640, max_side=100)
+        boxes = snap_boxes(boxes.astype(float), 32, (480, 640))
+        merged = merge_boxes(boxes, 32)
+        sizes = merged[:, 2:] - merged[:, :2]
+        p = choose_and_pack(sizes, cands, gap=32, align=32)
+        fits = [hw for hw in cands if hw[1] >= sizes[:, 0].max() and hw[0] >= sizes[:, 1].max()]
+        areas = [pack(sizes, hw, 32, 32).area for hw in fits]
+        assert p.area == min(areas)
+        full = pack(sizes, p.canvas_hw, 32, 32)  # the chosen packing is that shape's own, not a cut one
+        np.testing.assert_array_equal(p.positions, full.positions)
+        np.testing.assert_array_equal(p.canvas_index, full.canvas_index)
+        assert choose_and_pack(sizes, cands, gap=32, align=32, budget=p.area).area == p.area
+        assert choose_and_pack(sizes, cands, gap=32, align=32, budget=p.area - 1) is None
+
+
+def test_canvas_limit_allows_only_packings_that_can_still_win():
+    best = Packing((100, 100), 3, np.zeros(1, np.int64), np.zeros((1, 2), np.int64))  # 30000 px
+    assert _canvas_limit(10000, None, None) is None
+    assert _canvas_limit(10000, best, None) == 2  # 3 canvases of this size tie in area but not in count
+    assert _canvas_limit(7500, best, None) == 3  # 4 x 7500 ties in area, with more canvases
+    assert _canvas_limit(15000, best, None) == 2  # 2 x 15000 ties in area with fewer canvases: it wins
+    best2 = Packing((100, 150), 2, np.zeros(1, np.int64), np.zeros((1, 2), np.int64))  # 30000 px
+    assert _canvas_limit(15000, best2, None) == 1  # the same tie in as many canvases does not
+    assert _canvas_limit(10000, best, 25000.0) == 2 and _canvas_limit(10000, None, 25000.0) == 2
+    assert _canvas_limit(10000, None, float("inf")) is None
