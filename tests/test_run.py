@@ -39,7 +39,12 @@ def test_run_writes_detections_summary_and_video(clip, yolov5n_weights, tmp_path
     assert s["frames"] == 16 and s["fps"] > 0
     assert {"median", "proposer", "detector"} <= set(s["latency_ms"])
     assert 0 < s["teacher_fraction"] <= 1 and 0 < s["area_processed"] <= 1
-    assert {"baseline_fps", "speedup", "agreement", "map50_vs_baseline"} <= set(s)
+    assert {"baseline_fps", "speedup", "speedup_median", "agreement", "map50_vs_baseline"} <= set(s)
+    # Throughput: key frames (slow) count through the mean, not the median.
+    lat = s["latency_ms"]
+    assert s["fps"] == pytest.approx(1e3 / lat["mean"])
+    assert s["speedup"] == pytest.approx(lat["baseline_mean"] / lat["mean"])
+    assert s["speedup_median"] == pytest.approx(lat["baseline"] / lat["median"])
     assert 0.5 <= s["agreement"] <= 1.0
     assert 0 < s["memory_mb"]["rss_first_frame"] <= s["memory_mb"]["rss_end"] * 2
     records = _lines(summary.with_suffix(".jsonl"))
