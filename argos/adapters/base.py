@@ -10,7 +10,7 @@ from torch import nn
 
 from argos.structures import Detections
 
-__all__ = ["Adapter"]
+__all__ = ["Adapter", "check_batch"]
 
 
 class Adapter(abc.ABC):
@@ -78,3 +78,16 @@ class Adapter(abc.ABC):
 
     def __call__(self, images: Sequence[np.ndarray]) -> List[Detections]:
         return self.predict(images)
+
+
+def check_batch(images: Sequence[np.ndarray]) -> None:
+    """Refuse what an adapter's ``preprocess`` cannot take: a bare image instead of a list, an
+    empty list, or anything but ``ndarray[H, W, 3]`` uint8 (RGB)."""
+    if isinstance(images, np.ndarray) and images.ndim == 3:
+        raise TypeError("preprocess takes a list of images; wrap a single image as [image]")
+    if len(images) == 0:
+        raise ValueError("preprocess needs at least one image")
+    for k, im in enumerate(images):
+        if not (isinstance(im, np.ndarray) and im.ndim == 3 and im.shape[2] == 3 and im.dtype == np.uint8):
+            desc = f"{im.dtype} {im.shape}" if isinstance(im, np.ndarray) else type(im).__name__
+            raise ValueError(f"image {k}: expected ndarray[H, W, 3] uint8 RGB, got {desc}")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from argos.adapters.base import Adapter
+from argos.adapters.base import Adapter, check_batch
 from argos.adapters.yolov5 import LetterboxMeta
 from argos.structures import Detections
 
@@ -218,15 +218,9 @@ class CascadeMaskRCNNAdapter(Adapter):
     def _prepare(self, images: Sequence[np.ndarray], native: bool) -> Tuple[torch.Tensor, List[LetterboxMeta]]:
         from mmdet.structures import DetDataSample
 
-        if isinstance(images, np.ndarray) and images.ndim == 3:
-            raise TypeError("preprocess takes a list of images; wrap a single image as [image]")
-        if len(images) == 0:
-            raise ValueError("preprocess needs at least one image")
+        check_batch(images)
         inputs, samples, metas = [], [], []
-        for k, im in enumerate(images):
-            if not (isinstance(im, np.ndarray) and im.ndim == 3 and im.shape[2] == 3 and im.dtype == np.uint8):
-                desc = f"{im.dtype} {im.shape}" if isinstance(im, np.ndarray) else type(im).__name__
-                raise ValueError(f"image {k}: expected ndarray[H, W, 3] uint8 RGB, got {desc}")
+        for im in images:
             h, w = im.shape[:2]
             bgr = np.ascontiguousarray(im[..., ::-1])  # the data preprocessor expects mmcv's BGR
             if native:

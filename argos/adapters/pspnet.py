@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from argos.adapters.base import Adapter
+from argos.adapters.base import Adapter, check_batch
 from argos.adapters.yolov5 import LetterboxMeta, letterbox
 from argos.structures import SegmentationMap
 
@@ -399,15 +399,9 @@ class PSPNetAdapter(Adapter):
         return self._batch(images, native=True)
 
     def _batch(self, images: Sequence[np.ndarray], native: bool) -> Tuple[torch.Tensor, List[LetterboxMeta]]:
-        if isinstance(images, np.ndarray) and images.ndim == 3:
-            raise TypeError("preprocess takes a list of images; wrap a single image as [image]")
-        if len(images) == 0:
-            raise ValueError("preprocess needs at least one image")
+        check_batch(images)
         boxed, metas = [], []
         for k, im in enumerate(images):
-            if not (isinstance(im, np.ndarray) and im.ndim == 3 and im.shape[2] == 3 and im.dtype == np.uint8):
-                desc = f"{im.dtype} {im.shape}" if isinstance(im, np.ndarray) else type(im).__name__
-                raise ValueError(f"image {k}: expected ndarray[H, W, 3] uint8 RGB, got {desc}")
             b, meta = self.letterbox(im, max(im.shape[:2]) if native else None)
             boxed.append(b)
             metas.append(meta)

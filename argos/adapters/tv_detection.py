@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from argos.adapters.base import Adapter
+from argos.adapters.base import Adapter, check_batch
 from argos.adapters.yolov5 import LetterboxMeta
 from argos.structures import Detections
 
@@ -263,15 +263,9 @@ class TorchvisionAdapter(Adapter):
         return bool(heads is not None and heads.has_mask())
 
     def _to_tensors(self, images: Sequence[np.ndarray]) -> List[torch.Tensor]:
-        if isinstance(images, np.ndarray) and images.ndim == 3:
-            raise TypeError("preprocess takes a list of images; wrap a single image as [image]")
-        if len(images) == 0:
-            raise ValueError("preprocess needs at least one image")
+        check_batch(images)
         out = []
-        for k, im in enumerate(images):
-            if not (isinstance(im, np.ndarray) and im.ndim == 3 and im.shape[2] == 3 and im.dtype == np.uint8):
-                desc = f"{im.dtype} {im.shape}" if isinstance(im, np.ndarray) else type(im).__name__
-                raise ValueError(f"image {k}: expected ndarray[H, W, 3] uint8 RGB, got {desc}")
+        for im in images:
             t = torch.from_numpy(np.ascontiguousarray(im)).to(self.device).permute(2, 0, 1)
             out.append(t.float().div_(255.0))
         return out

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from argos.adapters.base import Adapter
+from argos.adapters.base import Adapter, check_batch
 from argos.structures import Detections
 
 __all__ = [
@@ -336,15 +336,9 @@ class YOLOv5Adapter(Adapter):
         return self._letterbox_batch(images, native=True)
 
     def _letterbox_batch(self, images: Sequence[np.ndarray], native: bool) -> Tuple[torch.Tensor, List[LetterboxMeta]]:
-        if isinstance(images, np.ndarray) and images.ndim == 3:
-            raise TypeError("preprocess takes a list of images; wrap a single image as [image]")
-        if len(images) == 0:
-            raise ValueError("preprocess needs at least one image")
+        check_batch(images)
         boxed, metas = [], []
         for k, im in enumerate(images):
-            if not (isinstance(im, np.ndarray) and im.ndim == 3 and im.shape[2] == 3 and im.dtype == np.uint8):
-                desc = f"{im.dtype} {im.shape}" if isinstance(im, np.ndarray) else type(im).__name__
-                raise ValueError(f"image {k}: expected ndarray[H, W, 3] uint8 RGB, got {desc}")
             # Letterboxing to the image's own long side is a scale of exactly 1.
             size, rect = (max(im.shape[:2]), True) if native else (self.img_size, self.rect)
             b, meta = letterbox(im, size, self.stride, rect, self.pad_value)

@@ -29,6 +29,7 @@ from argos.adapters.resnet_yolo import ResNetYOLO, ResNetYOLOAdapter, ResNetYOLO
 from argos.adapters.yolo_loss import YOLOLoss, giou
 from argos.assets import assets_dir
 from argos.executors.gather_scatter import GatherScatterExecutor
+from argos.testing import randomize_bn
 
 torch.set_num_threads(1)
 
@@ -59,18 +60,6 @@ def spread_gates(net: DynConvYOLO, seed: int = 0, size: tuple = (64, 96)) -> Non
             for h in hooks:
                 h.remove()
             net.train(was_training)
-
-
-def randomize_bn(net: torch.nn.Module, seed: int = 0) -> None:
-    """Non-trivial BatchNorm statistics, so that folding them is tested."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +159,7 @@ def test_sparse_branches_equal_masked_dense_reference(depth):
     torch.manual_seed(depth)
     net = DynConvYOLO(DynConvConfig(**{**SMALL, "depth": depth})).eval()
     spread_gates(net, depth)
-    randomize_bn(net, depth)
+    randomize_bn(net, depth, spread=0.1)
     x = torch.rand(2, 3, 64, 96)
     with torch.inference_mode():
         got = net.backbone(x)
@@ -220,7 +209,7 @@ def test_first_conv_mask_covers_what_the_3x3_conv_reads():
 def test_all_on_gates_equal_plain_resnet_yolo():
     torch.manual_seed(4)
     dyn = DynConvYOLO(DynConvConfig(**SMALL)).eval()
-    randomize_bn(dyn, 4)
+    randomize_bn(dyn, 4, spread=0.1)
     with torch.no_grad():
         for b in dyn.gated_blocks():
             b.gate.weight.zero_()

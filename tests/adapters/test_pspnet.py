@@ -18,21 +18,9 @@ from argos.adapters.pspnet import (
     PSPNetConfig,
 )
 from argos.adapters.yolov5 import letterbox
+from argos.testing import randomize_bn
 
 torch.set_num_threads(1)
-
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BatchNorm statistics, so outputs vary over classes and positions."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

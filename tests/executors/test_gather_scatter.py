@@ -19,6 +19,7 @@ from argos import RegionProposals
 from argos.adapters.yolov5 import YOLOv5Adapter, letterbox
 from argos.executors.gather_scatter import GatherScatterExecutor, context_of, convert, letterbox_mask
 from argos.executors.sparse import MaskedDense, SparseContext, SparseConv2d, SparseConvBlock
+from argos.testing import randomize_bn
 
 torch.set_num_threads(1)
 
@@ -96,19 +97,6 @@ def assert_close(a, b, atol=1e-4, rtol=1e-4):
 def assert_equal(a, b):
     for x, y in zip(_flat(a), _flat(b), strict=True):
         assert torch.equal(x, y)
-
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BatchNorm statistics, so that folding them is really tested."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
-    return model.eval()
 
 
 # ---- single convs ----

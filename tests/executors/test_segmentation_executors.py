@@ -15,22 +15,11 @@ from argos.executors.gather_scatter import GatherScatterExecutor, context_of, co
 from argos.executors.masked import MaskedExecutor
 from argos.executors.packed_crops import PackedCropsExecutor
 from argos.executors.sparse import SparseConv2d
+from argos.testing import randomize_bn
 
 torch.set_num_threads(1)
 
 EXECUTORS = ["masked", "gather_scatter", "packed_crops"]
-
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
