@@ -117,9 +117,9 @@ class Wrapped:
 
 
 def _check_task(adapter: Adapter, proposer: Proposer) -> None:
-    """Proposers that use the wrapped model as a teacher (their own ``bind``) read detections."""
+    """Proposers that learn from the wrapped model (``needs_detector``) read its detections."""
     task = getattr(adapter, "task", "detection")
-    if task != "detection" and type(proposer).bind is not Proposer.bind:
+    if task != "detection" and getattr(proposer, "needs_detector", False):
         raise ValueError(
             f"{type(proposer).__name__} learns from the wrapped model's detections and cannot use a {task} "
             f"adapter ({type(adapter).__name__}); use a proposer such as 'full', 'oracle', 'motion' or 'qunet'"

@@ -27,6 +27,9 @@ class Proposer(abc.ABC):
 
     #: whether propose() needs ``targets`` (ground truth); only the oracle does.
     needs_targets: bool = False
+    #: whether the proposer learns from the wrapped model's detections (a video teacher), so
+    #: the model must be a detector.
+    needs_detector: bool = False
 
     def __init__(self, dilation: Dilation = 0, min_area: int = 0, mask_mode: str = "boxes") -> None:
         if mask_mode not in ("boxes", "pixels"):

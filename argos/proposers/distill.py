@@ -174,6 +174,8 @@ class DistillProposer(Proposer):
             the student's blobs, the motion blobs and the tracked detections.
     """
 
+    needs_detector = True
+
     def __init__(
         self,
         input_scale: float = 0.5,
