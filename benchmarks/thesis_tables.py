@@ -71,7 +71,12 @@ THESIS = {
 
 
 def bench(model: Model, proposer: str, executor: str, args, assets: Path) -> Dict[str, Any]:
+    import torch
+
     from argos.bench import BenchConfig, run_bench
+
+    # Random-init models: the same weights in every run, so rows (and reruns) compare.
+    torch.manual_seed(args.seed)
 
     options = dict(model.options)
     cfg = BenchConfig(
@@ -175,6 +180,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--proposers", nargs="+", default=["qunet", "oracle"])
     p.add_argument("--limit", type=int, default=16, help="COCO images per run")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="torch seed before each model is built (random init)")
     p.add_argument("--out", default="outputs/thesis")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--from-json", action="store_true", help="only print the tables from the JSON in --out")
