@@ -7,12 +7,23 @@ layers thop also counts.
 """
 from __future__ import annotations
 
+import time
 from typing import List, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["count_gflops"]
+__all__ = ["count_gflops", "counting_ms"]
+
+# Wall time spent in count_gflops so far (ms). Counting runs a forward the first time an input
+# shape appears; that is bookkeeping, so timings of inference leave it out (see counting_ms).
+_COUNTING_MS = [0.0]
+
+
+def counting_ms() -> float:
+    """Total wall time spent in :func:`count_gflops` in this process, ms. Timers of inference
+    subtract its change over the timed span (argos's FLOP statistics are not inference work)."""
+    return _COUNTING_MS[0]
 
 
 def _macs(m: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
@@ -37,6 +48,7 @@ def count_gflops(module: nn.Module, input_shape: Sequence[int]) -> float:
     Returns:
         float: 2 x MACs / 1e9.
     """
+    start = time.perf_counter()
     total: List[int] = [0]
 
     def hook(m: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
@@ -59,4 +71,5 @@ def count_gflops(module: nn.Module, input_shape: Sequence[int]) -> float:
         for h in handles:
             h.remove()
         module.train(was_training)
+        _COUNTING_MS[0] += (time.perf_counter() - start) * 1e3
     return 2.0 * total[0] / 1e9
