@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -56,9 +56,25 @@ class Adapter(abc.ABC):
     def postprocess(self, raw: Any, metas: List[Any]) -> List[Detections]:
         """Raw output -> one :class:`Detections` per image, in original-image pixels."""
 
-    @abc.abstractmethod
     def flops(self, input_hw: Tuple[int, int]) -> float:
-        """GFLOPs (2 x multiply-accumulates) of one forward at network input ``(h, w)``."""
+        """GFLOPs (2 x multiply-accumulates) of one forward at network input ``(h, w)``.
+
+        Default: the conv/linear MACs of :attr:`module` in eval mode on zeros of ``(1, 3, h, w)``
+        (:func:`argos.metrics.flops.count_gflops`), counted once per shape. Adapters whose cost
+        is not one forward of ``module`` (two-stage heads, dynamic gates) override it and
+        cache through :meth:`_cached_flops`.
+        """
+        from argos.metrics.flops import count_gflops
+
+        return self._cached_flops(input_hw, lambda hw: count_gflops(self.module, (1, 3, *hw)))
+
+    def _cached_flops(self, input_hw: Tuple[int, int], count: Callable[[Tuple[int, int]], float]) -> float:
+        """``count((h, w))`` the first time a shape is asked for, the remembered value after."""
+        key = (int(input_hw[0]), int(input_hw[1]))
+        cache = self.__dict__.setdefault("_flops_cache", {})
+        if key not in cache:
+            cache[key] = float(count(key))
+        return cache[key]
 
     def class_ids(self, classes: Optional[Sequence[str]]) -> Optional[torch.Tensor]:
         """Class names -> Tensor[K] int64 of this model's ids; None for None/empty. Unknown names raise."""

@@ -173,7 +173,6 @@ class CascadeMaskRCNNAdapter(Adapter):
         self._resize = Resize(scale=(self.img_size, self.img_size), keep_ratio=True)
         # Padding is 0 after normalisation, i.e. the mean colour.
         self.pad_value = int(round(float(self.model.data_preprocessor.mean.mean())))
-        self._flops: Dict[Tuple[int, int], float] = {}
 
     @staticmethod
     def _load(model: nn.Module, weights: Union[str, os.PathLike]) -> None:
@@ -287,10 +286,7 @@ class CascadeMaskRCNNAdapter(Adapter):
         ``roi_counts()[1]`` detections: the most they run at test time (the real numbers depend
         on the image). RoIAlign, NMS, mask pasting, norms and activations are not counted.
         """
-        key = (int(input_hw[0]), int(input_hw[1]))
-        if key not in self._flops:
-            self._flops[key] = self.dense_flops(key) + self.head_flops()
-        return self._flops[key]
+        return self._cached_flops(input_hw, lambda hw: self.dense_flops(hw) + self.head_flops())
 
     def dense_flops(self, input_hw: Tuple[int, int]) -> float:
         """GFLOPs of backbone, neck and RPN head at network input ``(h, w)`` (see :meth:`flops`)."""

@@ -239,6 +239,9 @@ class PSPNetAdapter(Adapter):
         ignore_index: label of pixels that carry no class (see :class:`SegmentationMap`).
         device: where the model runs.
 
+    :meth:`flops` counts one inference forward (eval mode), so the auxiliary head, which runs
+    only in training, is not in it.
+
     Attributes:
         pad_value: RGB ``(124, 116, 104)``, the ImageNet mean in uint8. Letterbox and batch
             padding use it, and the ``masked`` executor paints inactive pixels with it: after
@@ -336,7 +339,6 @@ class PSPNetAdapter(Adapter):
             trunk = _read_checkpoint(backbone_weights, "backbone state dict")
             _load_state(net.backbone, trunk, f"backbone_weights {backbone_weights} (ResNet-{config.depth})", ("fc.",))
         self._net = net.to(self.device).eval()
-        self._flops: Dict[Tuple[int, int], float] = {}
         self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
 
@@ -441,16 +443,6 @@ class PSPNetAdapter(Adapter):
             scores = x.softmax(0)
             out.append(SegmentationMap(scores.argmax(0).cpu(), (h, w), scores.cpu(), self.ignore_index))
         return out
-
-    def flops(self, input_hw: Tuple[int, int]) -> float:
-        """GFLOPs (2 x MACs of the convs) of one inference forward at input ``(h, w)``; cached.
-        The auxiliary head (training only) is not counted."""
-        from argos.metrics.flops import count_gflops
-
-        key = (int(input_hw[0]), int(input_hw[1]))
-        if key not in self._flops:
-            self._flops[key] = count_gflops(self._net, (1, 3, *key))
-        return self._flops[key]
 
     def __repr__(self) -> str:
         return (

@@ -210,7 +210,6 @@ class TorchvisionAdapter(Adapter):
             nc = _num_classes(net)
             names = coco91_names() if nc == 91 else {i: f"class_{i}" for i in range(1, nc)}
         self.names: Dict[int, str] = {int(k): str(v) for k, v in names.items()}
-        self._flops: Dict[Tuple[int, int], float] = {}
 
     @staticmethod
     def _build(model: Union[str, nn.Module], kwargs: Dict[str, Any]) -> nn.Module:
@@ -359,16 +358,16 @@ class TorchvisionAdapter(Adapter):
         """
         from argos.metrics.flops import count_gflops
 
-        key = (int(input_hw[0]), int(input_hw[1]))
-        if key not in self._flops:
-            total = count_gflops(_CostProbe(self._model).eval(), (1, 3, *key))
+        def count(hw: Tuple[int, int]) -> float:
+            total = count_gflops(_CostProbe(self._model).eval(), (1, 3, *hw))
             rois, dets = self._roi_counts()
             c = int(getattr(self._model.backbone, "out_channels", 0))
             for kind, stage, size in _roi_stages(self._model):
                 # RoIs are independent: one RoI's cost times their number.
                 total += (rois if kind == "box" else dets) * count_gflops(stage.eval(), (1, c, *size))
-            self._flops[key] = total
-        return self._flops[key]
+            return total
+
+        return self._cached_flops(input_hw, count)
 
     def _roi_counts(self) -> Tuple[int, int]:
         m = self._model

@@ -273,7 +273,6 @@ class YOLOv5Adapter(Adapter):
         if self.img_size % self.stride:
             raise ValueError(f"img_size {self.img_size} must be a multiple of the model stride {self.stride}")
         self.head_format = _head_format(self._net)
-        self._flops: Dict[Tuple[int, int], float] = {}
 
     # ---- construction helpers ----
 
@@ -381,15 +380,6 @@ class YOLOv5Adapter(Adapter):
             Detections(boxes_to_original(b, m).cpu(), s.cpu(), l.cpu(), m.orig_size)
             for (b, s, l), m in zip(results, metas)
         ]
-
-    def flops(self, input_hw: Tuple[int, int]) -> float:
-        """GFLOPs (2 x MACs of conv/linear layers) of one forward at input ``(h, w)``; cached."""
-        from argos.metrics.flops import count_gflops
-
-        key = (int(input_hw[0]), int(input_hw[1]))
-        if key not in self._flops:
-            self._flops[key] = count_gflops(self._net, (1, 3, *key))
-        return self._flops[key]
 
     def __repr__(self) -> str:
         return (
