@@ -4,8 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from argos.assets import assets_dir
+
+# One intra-op thread for the whole suite: the models here are tiny, so more threads mostly add
+# synchronisation, and on a shared 2-core machine they oversubscribe it. Benchmarks set their own.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,6 @@ from argos.assets import assets_dir
 from argos.executors.gather_scatter import GatherScatterExecutor
 from argos.testing import randomize_bn
 
-torch.set_num_threads(1)
 
 SMALL = dict(depth=18, num_classes=4, neck_channels=(16, 32, 64))
 

@@ -20,8 +20,6 @@ from argos.adapters.pspnet import (
 from argos.adapters.yolov5 import letterbox
 from argos.testing import randomize_bn
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def adapter() -> PSPNetAdapter:

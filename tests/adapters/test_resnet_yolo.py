@@ -14,8 +14,6 @@ from argos.assets import assets_dir
 from argos.executors.gather_scatter import GatherScatterExecutor, letterbox_mask
 from argos.structures import Detections
 
-torch.set_num_threads(1)
-
 
 def real_image(size: int = 160) -> np.ndarray:
     """A COCO128 image (long side ``size``) when the assets are here, else a synthetic scene."""

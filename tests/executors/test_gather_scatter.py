@@ -21,8 +21,6 @@ from argos.executors.gather_scatter import GatherScatterExecutor, context_of, co
 from argos.executors.sparse import MaskedDense, SparseContext, SparseConv2d, SparseConvBlock
 from argos.testing import randomize_bn
 
-torch.set_num_threads(1)
-
 
 # ---- an independent reference: masks by explicit cell spans, hooks that mask conv outputs ----
 

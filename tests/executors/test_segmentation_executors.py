@@ -17,7 +17,6 @@ from argos.executors.packed_crops import PackedCropsExecutor
 from argos.executors.sparse import SparseConv2d
 from argos.testing import randomize_bn
 
-torch.set_num_threads(1)
 
 EXECUTORS = ["masked", "gather_scatter", "packed_crops"]
 

@@ -11,8 +11,6 @@ from argos.proposers.qunet.model import QUNet, QUNetConfig
 from argos.proposers.qunet.quant import BinaryConv2d
 from argos.proposers.qunet.train import qunet_loss
 
-torch.set_num_threads(1)
-
 
 def _trained(preset="all_quantized", **kw):
     torch.manual_seed(0)

@@ -23,7 +23,6 @@ from argos.proposers.qunet.export import ExportableQUNet, compare_onnx, export_o
 from argos.proposers.qunet.model import QUNet, QUNetConfig  # noqa: E402
 from argos.proposers.qunet.proposer import QUNetProposer  # noqa: E402
 
-torch.set_num_threads(1)
 
 SHIPPED = ["qunet-coco", "qunet-street"]
 

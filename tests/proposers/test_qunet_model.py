@@ -11,7 +11,6 @@ from argos.proposers.qunet.model import PRESETS, QUNet, QUNetConfig, block_names
 from argos.proposers.qunet.quant import BinaryConv2d
 from argos.proposers.qunet.train import class_weights, downsample_target, qunet_loss
 
-torch.set_num_threads(1)
 
 SIZE = (32, 48)
 

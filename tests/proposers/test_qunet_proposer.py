@@ -9,8 +9,6 @@ from argos.proposers.qunet.checkpoint import save_checkpoint, shipped_weights
 from argos.proposers.qunet.model import QUNet, QUNetConfig, flop_breakdown
 from argos.proposers.qunet.proposer import QUNetProposer
 
-torch.set_num_threads(1)
-
 
 def _constant_model(foreground: bool, preset="full_precision"):
     """A model whose logits say "object" (or "background") everywhere, whatever the image."""

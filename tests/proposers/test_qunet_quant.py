@@ -5,8 +5,6 @@ from torch.nn import functional as F
 
 from argos.proposers.qunet.quant import ActQuant, BinaryConv2d, binarize_weight, dorefa_activation
 
-torch.set_num_threads(1)
-
 
 def test_binary_weight_values():
     w = torch.tensor([[0.5, -0.25], [0.0, -1.25]])

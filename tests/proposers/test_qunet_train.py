@@ -12,7 +12,6 @@ from argos.proposers.qunet.checkpoint import load_checkpoint
 from argos.proposers.qunet.targets import MaskSample, parse_range
 from argos.proposers.qunet.train import TrainConfig, augment, main, train
 
-torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[2]
 
 
