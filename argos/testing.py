@@ -1,10 +1,13 @@
 """Helpers for tests of adapters and executors (argos's own, and users' adapters)."""
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["randomize_bn"]
+__all__ = ["randomize_bn", "reference_layer_mask"]
 
 
 @torch.no_grad()
@@ -24,3 +27,30 @@ def randomize_bn(model: nn.Module, seed: int = 0, spread: float = 0.2) -> nn.Mod
             m.weight.copy_(torch.rand(n, generator=g) + 0.5)
             m.bias.copy_(torch.randn(n, generator=g) * spread)
     return model.eval()
+
+
+def reference_layer_mask(mask: torch.Tensor, h: int, w: int, halo: float = 0.0) -> torch.Tensor:
+    """A slow, loop-by-cell reference of a layer's mask, for testing the sparse executor.
+
+    Bool Tensor[B, H, W] -> [B, h, w]: cell (i, j) is active if any pixel of its span
+    [floor(i*H/h), ceil((i+1)*H/h)) x (same for columns) is; then a (2r+1)^2 box dilation with
+    r = ceil(halo * h / H) rows (and the same for columns). Written independently of
+    :mod:`argos.executors.sparse.masks`, which it checks.
+    """
+    m = mask.numpy()
+    B, H, W = m.shape
+    out = np.zeros((B, h, w), dtype=bool)
+    for i in range(h):
+        y0, y1 = (i * H) // h, -((-(i + 1) * H) // h)
+        for j in range(w):
+            x0, x1 = (j * W) // w, -((-(j + 1) * W) // w)
+            out[:, i, j] = m[:, y0:y1, x0:x1].any(axis=(1, 2))
+    ry, rx = (math.ceil(halo * h / H - 1e-9), math.ceil(halo * w / W - 1e-9)) if halo > 0 else (0, 0)
+    if ry or rx:
+        grown = np.zeros_like(out)
+        for dy in range(-ry, ry + 1):
+            for dx in range(-rx, rx + 1):
+                src = out[:, max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)]
+                grown[:, max(0, dy) : h - max(0, -dy), max(0, dx) : w - max(0, -dx)] |= src
+        out = grown
+    return torch.from_numpy(out)

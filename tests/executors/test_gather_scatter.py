@@ -19,33 +19,10 @@ from argos import RegionProposals
 from argos.adapters.yolov5 import YOLOv5Adapter, letterbox
 from argos.executors.gather_scatter import GatherScatterExecutor, context_of, convert, letterbox_mask
 from argos.executors.sparse import MaskedDense, SparseContext, SparseConv2d, SparseConvBlock
-from argos.testing import randomize_bn
+from argos.testing import randomize_bn, reference_layer_mask as ref_mask
 
 
 # ---- an independent reference: masks by explicit cell spans, hooks that mask conv outputs ----
-
-
-def ref_mask(mask: torch.Tensor, h: int, w: int, halo: float = 0.0) -> torch.Tensor:
-    """Bool Tensor[B, H, W] -> [B, h, w]: cell (i, j) is active if any pixel of its span
-    [floor(i*H/h), ceil((i+1)*H/h)) x (same for columns) is; then a (2r+1)^2 box dilation with
-    r = ceil(halo * h / H) rows (and the same for columns)."""
-    m = mask.numpy()
-    B, H, W = m.shape
-    out = np.zeros((B, h, w), dtype=bool)
-    for i in range(h):
-        y0, y1 = (i * H) // h, -((-(i + 1) * H) // h)
-        for j in range(w):
-            x0, x1 = (j * W) // w, -((-(j + 1) * W) // w)
-            out[:, i, j] = m[:, y0:y1, x0:x1].any(axis=(1, 2))
-    ry, rx = (math.ceil(halo * h / H - 1e-9), math.ceil(halo * w / W - 1e-9)) if halo > 0 else (0, 0)
-    if ry or rx:
-        grown = np.zeros_like(out)
-        for dy in range(-ry, ry + 1):
-            for dx in range(-rx, rx + 1):
-                src = out[:, max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)]
-                grown[:, max(0, dy) : h - max(0, -dy), max(0, dx) : w - max(0, -dx)] |= src
-        out = grown
-    return torch.from_numpy(out)
 
 
 def masked_reference(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, halo: float = 0.0):

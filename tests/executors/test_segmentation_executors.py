@@ -15,7 +15,7 @@ from argos.executors.gather_scatter import GatherScatterExecutor, context_of, co
 from argos.executors.masked import MaskedExecutor
 from argos.executors.packed_crops import PackedCropsExecutor
 from argos.executors.sparse import SparseConv2d
-from argos.testing import randomize_bn
+from argos.testing import randomize_bn, reference_layer_mask as ref_mask
 
 
 EXECUTORS = ["masked", "gather_scatter", "packed_crops"]
@@ -119,20 +119,6 @@ def test_background_is_validated(adapter):
 
 
 # ---- gather_scatter against the masked-dense reference ----
-
-
-def ref_mask(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Bool Tensor[B, H, W] -> [B, h, w]: cell (i, j) is active if any pixel of its span
-    [floor(i*H/h), ceil((i+1)*H/h)) x (same for columns) is."""
-    m = mask.numpy()
-    B, H, W = m.shape
-    out = np.zeros((B, h, w), dtype=bool)
-    for i in range(h):
-        y0, y1 = (i * H) // h, -((-(i + 1) * H) // h)
-        for j in range(w):
-            x0, x1 = (j * W) // w, -((-(j + 1) * W) // w)
-            out[:, i, j] = m[:, y0:y1, x0:x1].any(axis=(1, 2))
-    return torch.from_numpy(out)
 
 
 def masked_dense_logits(net: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
