@@ -88,12 +88,7 @@ def coco_samples(
     """
     from argos.data import CocoDataset
 
-    ds = CocoDataset(images, annotations, classes=classes)
-    out = []
-    for i in parse_range(indices, len(ds)):
-        s = ds[i]
-        out.append(MaskSample(s.image, ds.foreground_mask(i, source=mask_source), s.boxes.numpy(), s.file_name))
-    return out
+    return _dataset_samples(CocoDataset(images, annotations, classes=classes), mask_source, indices)
 
 
 def cityscapes_samples(
@@ -111,7 +106,11 @@ def cityscapes_samples(
     """
     from argos.data.cityscapes import CityscapesDataset
 
-    ds = CityscapesDataset(images, gt_dir, classes=classes)
+    return _dataset_samples(CityscapesDataset(images, gt_dir, classes=classes), mask_source, indices)
+
+
+def _dataset_samples(ds, mask_source: str, indices) -> List[MaskSample]:
+    """A labelled dataset (``CocoDataset``-like: samples, ``foreground_mask``) -> mask samples."""
     out = []
     for i in parse_range(indices, len(ds)):
         s = ds[i]
