@@ -368,7 +368,7 @@ def _bench_segmentation(cfg: BenchConfig, fast: Wrapped, dataset, progress: bool
     from tqdm import tqdm
 
     from argos.metrics.regions import RegionStats
-    from argos.metrics.segmentation import evaluate_segmentation
+    from argos.metrics.segmentation import ConfusionMatrix
 
     n = len(dataset) if cfg.limit is None else min(cfg.limit, len(dataset))
     if n == 0:
@@ -381,31 +381,31 @@ def _bench_segmentation(cfg: BenchConfig, fast: Wrapped, dataset, progress: bool
     meter = _Meter(fast)
     first = dataset[0]
     meter.warmup(first.image, targets_of(first), cfg.warmup)
-    maps: Dict[str, list] = {"baseline": [], "argos": []}
-    gts, masks, samples, regions = [], [], [], RegionStats()
+    num_classes = len(fast.adapter.names)
+    ignore = int(getattr(fast.adapter, "ignore_index", 255))
+    # Confusion matrices accumulate frame by frame: full-resolution label maps of a whole data
+    # set (Cityscapes: 500 x 1024 x 2048) would not fit in memory.
+    vs_gt = {side: ConfusionMatrix(num_classes, ignore) for side in ("baseline", "argos")}
+    in_region, whole = ConfusionMatrix(num_classes, ignore), ConfusionMatrix(num_classes, ignore)
+    samples, regions = [], RegionStats()
     for i in tqdm(range(n), desc=f"bench {cfg.proposer}+{cfg.executor}", disable=not progress, unit="img"):
         s = dataset[i]
         b, a = meter.step(i, s.image, targets_of(s))
         mask = fast.last_proposals[0].mask
         regions.update(mask, s.boxes)
-        maps["baseline"].append(b.labels)
-        maps["argos"].append(a.labels)
-        masks.append(mask.cpu())
         if has_gt:
-            gts.append(dataset.semantic(i).labels)
+            gt = dataset.semantic(i).labels
+            vs_gt["baseline"].update(b.labels, gt)
+            vs_gt["argos"].update(a.labels, gt)
+        in_region.update(a.labels, b.labels, region=mask.cpu())
+        whole.update(a.labels, b.labels)
         if i < keep:
             samples.append({"image": s.image, "proposals": fast.last_proposals[0], "argos": a, "baseline": b})
-    num_classes = len(fast.adapter.names)
-    ignore = int(getattr(fast.adapter, "ignore_index", 255))
     scores: Dict[str, Dict[str, float]] = {}
     for side in ("baseline", "argos"):
-        if has_gt:
-            m = evaluate_segmentation(maps[side], gts, num_classes, ignore_index=ignore)
-            scores[side] = {"miou": m["miou"], "pixel_accuracy": m["pixel_accuracy"]}
-        else:
-            scores[side] = {"miou": float("nan"), "pixel_accuracy": float("nan")}
-    in_region = evaluate_segmentation(maps["argos"], maps["baseline"], num_classes, ignore_index=ignore, regions=masks)
-    whole = evaluate_segmentation(maps["argos"], maps["baseline"], num_classes, ignore_index=ignore)
+        m = vs_gt[side].compute() if has_gt else {"miou": float("nan"), "pixel_accuracy": float("nan")}
+        scores[side] = {"miou": m["miou"], "pixel_accuracy": m["pixel_accuracy"]}
+    in_region, whole = in_region.compute(), whole.compute()
     result = meter.result(cfg, n, scores["baseline"], scores["argos"], regions.summary(), float("nan"))
     result["task"] = "segmentation"
     result["agreement"] = {"pixel_agreement_in_region": in_region["pixel_accuracy"],
