@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from argos.adapters.base import Adapter
 from argos.executors.base import Executor, check_background, is_segmentation, keep_inside
 from argos.executors.sparse import SparseContext, SparseConv2d, context_of, convert, sparse_layers
+from argos.executors.sparse.masks import KERNELS
 from argos.structures import Detections, RegionProposals
 
 __all__ = ["GatherScatterExecutor", "convert", "context_of", "sparse_layers", "SparseContext", "letterbox_mask"]
@@ -123,6 +124,8 @@ class GatherScatterExecutor(Executor):
             executor they behave exactly as before) instead of a private deep copy of the adapter.
         background: segmentation adapters: label of the pixels off the mask (always applied);
             ``None``: the adapter's ``ignore_index``. See :attr:`Executor.background`.
+        kernel: ``"auto"`` (the fused Triton kernel on CUDA when Triton is installed, PyTorch
+            paths otherwise), ``"torch"`` or ``"triton"``; see :class:`SparseContext`.
 
     Segmentation adapters (``task == "segmentation"``) run the same way; the adapter's
     ``sparse_exclude`` (module types, optional) is passed to :func:`convert` as ``exclude``,
@@ -144,8 +147,12 @@ class GatherScatterExecutor(Executor):
         dense_above: float = 0.75,
         inplace: bool = False,
         background: Optional[int] = None,
+        kernel: str = "auto",
     ) -> None:
         super().__init__()
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        self.kernel = kernel
         self.background = check_background(background)
         if halo < 0:
             raise ValueError(f"halo must be >= 0 pixels, got {halo}")
@@ -163,7 +170,7 @@ class GatherScatterExecutor(Executor):
         """Convert ``adapter``'s module once; returns (the adapter to run, its context)."""
         entry = self._converted.get(adapter)
         if entry is None:
-            ctx = SparseContext(halo=self.halo)
+            ctx = SparseContext(halo=self.halo, kernel=self.kernel)
             runner = adapter if self.inplace else copy.deepcopy(adapter)
             module = runner.module
             exclude = tuple(getattr(adapter, "sparse_exclude", ()))

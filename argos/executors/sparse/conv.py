@@ -158,7 +158,7 @@ class _SparseMixin:
         stats = ctx.stats
         stride, pad, dil = tuple(conv.stride), _padding(conv), tuple(conv.dilation)
 
-        path = self._choose_path(ctx, H, W, h, w, C, c_out, conv)
+        path = self._choose_path(ctx, H, W, h, w, C, c_out, conv, x.device)
 
         if path[0] == "dense":
             t1 = time.perf_counter()
@@ -181,6 +181,8 @@ class _SparseMixin:
         out = self._output(ctx, B * h * w, c_out, x)
         zero_ms = (time.perf_counter() - ta) * 1e3
         src = None
+        if path[0] == "triton":
+            return self._triton_forward(ctx, conv, x, weight, bias, act, post_act, out, (h, w), zero_ms)
         if path[0] == "point":
             plan = ctx.point_plan(H, W, h, w, stride, x.device)
             t0 = time.perf_counter()
@@ -235,18 +237,85 @@ class _SparseMixin:
             out = self._mask(post_act(out), ctx)
         return out
 
+    def _triton_forward(
+        self,
+        ctx: SparseContext,
+        conv: nn.Conv2d,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor],
+        act: Optional[nn.Module],
+        post_act: Optional[nn.Module],
+        out: torch.Tensor,
+        out_hw: Tuple[int, int],
+        zero_ms: float,
+    ) -> torch.Tensor:
+        """Gather, conv, activation and scatter in one Triton kernel (``sparse/triton_conv.py``)."""
+        from argos.executors.sparse import triton_conv
+
+        B, C = x.shape[:2]
+        h, w = out_hw
+        c_out, k = weight.shape[0], conv.kernel_size
+        plan = ctx.row_plan(h, w, x.device)
+        t0 = time.perf_counter()
+        xc = x.contiguous(memory_format=torch.channels_last)
+        fused = act if act is None or type(act) in triton_conv.ACTIVATIONS else None
+        t1 = time.perf_counter()
+        triton_conv.sparse_conv(
+            xc, self._weight_matrix(weight), bias, plan.dst, out, out_hw, k, _pair(conv.stride), _padding(conv),
+            _pair(conv.dilation), fused,
+        )  # fmt: skip
+        if act is not None and fused is None:
+            rows = out.index_select(0, plan.dst.long())
+            out.index_copy_(0, plan.dst.long(), _act_inplace(act, rows))
+        t2 = time.perf_counter()
+        macs_per_pos = c_out * C * k[0] * k[1]
+        ctx.add_macs(h * w * macs_per_pos, macs_per_pos, plan.per_image)
+        stats = ctx.stats
+        stats.gather_ms += (t1 - t0) * 1e3
+        stats.conv_ms += (t2 - t1) * 1e3
+        stats.scatter_ms += zero_ms
+        if ctx.trace is not None:
+            ctx.trace.append((("triton",), (C,) + tuple(x.shape[-2:]), (c_out, h, w), k, _pair(conv.stride),
+                              (t1 - t0) * 1e3, (t2 - t1) * 1e3, zero_ms))  # fmt: skip
+        y = out.view(B, h, w, c_out).permute(0, 3, 1, 2)
+        if post_act is not None:
+            y = self._mask(post_act(y), ctx)
+        return y
+
     def _choose_path(
-        self, ctx: SparseContext, H: int, W: int, h: int, w: int, C: int, c_out: int, conv: nn.Conv2d
+        self,
+        ctx: SparseContext,
+        H: int,
+        W: int,
+        h: int,
+        w: int,
+        C: int,
+        c_out: int,
+        conv: nn.Conv2d,
+        device: Optional[torch.device] = None,
     ) -> tuple:
         """The cheapest path under the cost model above for this layer's shape and the current
         mask (decided once per frame and shape); ``tile`` can force one. Candidates: ``point``
         (1x1 unpadded, no groups) or ``im2col`` (other convs without groups), ``tile`` of 2..16
-        cells (not for point convs), and ``dense``."""
+        cells (not for point convs), and ``dense``.
+
+        With the Triton kernel in use (see :class:`SparseContext` ``kernel``) and ``tile`` left
+        to ``None``, groups-1 convs run ``triton`` unless the layer's active share exceeds
+        ``ctx.triton_dense_above`` (then ``dense``); grouped convs run ``dense`` there."""
         tile = self.tile
         k, s, d, g = conv.kernel_size, conv.stride, conv.dilation, conv.groups
         pointwise = k == (1, 1) and _padding(conv) == (0, 0) and g == 1
         if tile == "dense":
             return ("dense",)
+        if tile is None and device is not None and ctx.use_triton(device):
+            from argos.executors.sparse.triton_conv import supports
+
+            if not supports(conv):
+                return ("dense",)
+            B = ctx.mask.shape[0]  # type: ignore[union-attr]
+            share = ctx.count(h, w, (1, 1)) / float(B * h * w)
+            return ("dense",) if share > ctx.triton_dense_above else ("triton",)
         if pointwise:
             if tile is not None:
                 return ("point",)
@@ -450,14 +519,15 @@ class SparseConvBlock(_SparseMixin, nn.Module):
             with torch.no_grad():
                 w, b = conv.weight, conv.bias
                 if bn is not None:
-                    scale = bn.running_var.add(bn.eps).rsqrt()
+                    # Fold in fp32 even for half models: rounding the scale first costs accuracy.
+                    scale = bn.running_var.float().add(bn.eps).rsqrt()
                     if bn.weight is not None:
-                        scale = scale * bn.weight
-                    shift = -bn.running_mean * scale
+                        scale = scale * bn.weight.float()
+                    shift = -bn.running_mean.float() * scale
                     if bn.bias is not None:
-                        shift = shift + bn.bias
-                    w = w * scale.view(-1, 1, 1, 1)
-                    b = shift if b is None else b * scale + shift
+                        shift = shift + bn.bias.float()
+                    w = (w.float() * scale.view(-1, 1, 1, 1)).to(w.dtype)
+                    b = (shift if b is None else b.float() * scale + shift).to(w.dtype)
                 self._folded = (w.detach().contiguous(), None if b is None else b.detach().contiguous())
             self._folded_key = key
         return self._folded

@@ -21,7 +21,9 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SparseContext", "TilePlan", "PointPlan", "Im2colPlan", "layer_mask"]
+__all__ = ["SparseContext", "TilePlan", "PointPlan", "Im2colPlan", "layer_mask", "KERNELS"]
+
+KERNELS = ("auto", "torch", "triton")
 
 
 def _pool_mask(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -125,15 +127,29 @@ class SparseContext:
         reuse_buffers: each sparse layer keeps its output buffer (re-zeroed each frame) for the
             next frame when no tensor of the previous forward still uses it; saves the page
             faults of fresh allocations at the price of holding one map per layer.
+        kernel: ``"auto"``: the fused Triton kernel (``sparse/triton_conv.py``) for ``groups == 1``
+            convs on CUDA tensors when Triton is installed, the PyTorch paths otherwise;
+            ``"torch"``: always the PyTorch paths (any device); ``"triton"``: always the kernel
+            (CUDA, or the CPU under ``TRITON_INTERPRET=1``; an error elsewhere).
+        triton_dense_above: with the Triton kernel, a layer whose active share of its output
+            cells exceeds this runs its dense conv instead (then masked).
 
     Outside :meth:`activate` the converted module runs exactly as the original.
     """
 
-    def __init__(self, halo: float = 0.0, reuse_buffers: bool = True) -> None:
+    def __init__(
+        self, halo: float = 0.0, reuse_buffers: bool = True, kernel: str = "auto", triton_dense_above: float = 0.7
+    ) -> None:
         if halo < 0:
             raise ValueError(f"halo must be >= 0 pixels, got {halo}")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        if not 0.0 <= triton_dense_above <= 1.0:
+            raise ValueError(f"triton_dense_above must be in [0, 1], got {triton_dense_above}")
         self.halo = float(halo)
         self.reuse_buffers = bool(reuse_buffers)
+        self.kernel = kernel
+        self.triton_dense_above = float(triton_dense_above)
         self.mode = "off"  # off | dense | empty | sparse
         self.trace: Optional[List[tuple]] = None  # set to [] to record one entry per layer call
         self.mask: Optional[torch.Tensor] = None
@@ -247,6 +263,33 @@ class SparseContext:
     def point_plan(self, H: int, W: int, h: int, w: int, stride: Tuple[int, int], device: torch.device) -> PointPlan:
         key = ("point", H, W, h, w, stride, device)
         return self._cached_plan(key, h, w, lambda m: _point_plan(m.to(device), H, W, stride))
+
+    def row_plan(self, h: int, w: int, device: torch.device) -> PointPlan:
+        """The active output rows ``b*h*w + y*w + x`` at ``(h, w)`` as int32 ``dst`` (``src`` is
+        the same tensor): what the Triton kernel computes."""
+        key = ("rows", h, w, device)
+
+        def build(m: torch.Tensor) -> PointPlan:
+            plan = _point_plan(m.to(device), h, w, (1, 1))
+            dst = plan.dst.to(torch.int32)
+            return PointPlan(dst, dst, plan.per_image)
+
+        return self._cached_plan(key, h, w, build)
+
+    def use_triton(self, device: torch.device) -> bool:
+        """Whether groups-1 convs on ``device`` run the Triton kernel under this context."""
+        if self.kernel == "torch":
+            return False
+        from argos.executors.sparse import triton_conv
+
+        ok = triton_conv.available(device)
+        if self.kernel == "triton" and not ok:
+            raise RuntimeError(
+                f"kernel='triton' cannot run on {device}: "
+                + ("triton is not installed" if triton_conv.triton is None else
+                   "the kernel needs a CUDA device (or TRITON_INTERPRET=1 on the CPU)")
+            )  # fmt: skip
+        return ok
 
     def tile_plan(
         self,
