@@ -156,6 +156,10 @@ class SparseContext:
         self.stats = SparseStats()
         self._masks: Dict[tuple, torch.Tensor] = {}
         self._plans: Dict[tuple, object] = {}
+        # Resolutions whose row plans the last forward of each (mask shape, device) used; the
+        # next forward builds them all up front (see _prefetch_rows).
+        self._row_levels: Dict[tuple, List[Tuple[int, int]]] = {}
+        self._rows_built: List[Tuple[int, int]] = []
 
     @contextlib.contextmanager
     def activate(self, mask: torch.Tensor) -> Iterator["SparseContext"]:
@@ -177,8 +181,14 @@ class SparseContext:
         self._masks, self._plans = {}, {}
         self.stats = SparseStats(macs=[0.0] * mask.shape[0])
         self.mode = "dense" if bool(mask.all()) else "sparse" if bool(mask.any()) else "empty"
+        level_key = (tuple(mask.shape), mask.device)
+        self._rows_built = []
         try:
+            if self.mode == "sparse" and level_key in self._row_levels and self.use_triton(mask.device):
+                self._prefetch_rows(self._row_levels[level_key], mask.device)
             yield self
+            if self._rows_built:
+                self._row_levels[level_key] = list(self._rows_built)
         finally:
             self.mode = "off"
             self.mask = None
@@ -270,11 +280,33 @@ class SparseContext:
         key = ("rows", h, w, device)
 
         def build(m: torch.Tensor) -> PointPlan:
+            self._rows_built.append((h, w))
             plan = _point_plan(m.to(device), h, w, (1, 1))
             dst = plan.dst.to(torch.int32)
             return PointPlan(dst, dst, plan.per_image)
 
         return self._cached_plan(key, h, w, build)
+
+    def _prefetch_rows(self, levels: List[Tuple[int, int]], device: torch.device) -> None:
+        """Build the row plans (and active counts) of all ``levels`` at once: one count and one
+        ``nonzero`` for the whole pyramid. Each lazily built plan would wait for the GPU to
+        drain its queue (the index count must reach the host) in the middle of the forward;
+        here both waits happen before the first layer is launched."""
+        t0 = time.perf_counter()
+        assert self.mask is not None
+        B = self.mask.shape[0]
+        masks = [self.mask_at(h, w).to(device) for h, w in levels]
+        per_image = torch.stack([m.reshape(B, -1).sum(1) for m in masks]).tolist()
+        active = torch.cat([m.reshape(-1) for m in masks]).nonzero().squeeze(1)
+        start = offset = 0
+        for (h, w), m, counts in zip(levels, masks, per_image):
+            n = int(sum(counts))
+            dst = (active[start : start + n] - offset).to(torch.int32)
+            self._plans[("rows", h, w, device)] = PointPlan(dst, dst, [int(c) for c in counts])
+            self._plans[("count", h, w, (1, 1))] = n
+            start, offset = start + n, offset + m.numel()
+        self._rows_built = list(levels)
+        self.stats.index_ms += (time.perf_counter() - t0) * 1e3
 
     def use_triton(self, device: torch.device) -> bool:
         """Whether groups-1 convs on ``device`` run the Triton kernel under this context."""

@@ -187,9 +187,22 @@ def sparse_conv(
         bm, bn, bk = 32, 32, 16
         grid = (triton.cdiv(m, bm), triton.cdiv(cout, bn))
         _sparse_conv_kernel[grid](*args, **flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
-    else:
+    elif os.environ.get("ARGOS_TRITON_AUTOTUNE", "0") not in ("", "0"):
         def grid(meta):
             return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(cout, meta["BLOCK_N"]))
 
         _tuned_kernel[grid](*args, **flags)
+    else:
+        bm, bn, warps = block_shape(m, cout)
+        grid = (triton.cdiv(m, bm), triton.cdiv(cout, bn))
+        _sparse_conv_kernel[grid](*args, **flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=32, num_warps=warps, num_stages=3)
     return out
+
+
+def block_shape(m: int, cout: int) -> Tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, warps) without autotuning. Autotuning every layer shape (set
+    ``ARGOS_TRITON_AUTOTUNE=1``) compiles and times each candidate on first use, which costs
+    seconds per shape; a fixed rule compiles one variant per kernel geometry."""
+    bm = 128 if m >= 8192 else 64
+    bn = 128 if cout >= 128 and m >= 8192 else 64 if cout >= 48 else 32
+    return bm, bn, 8 if bm * bn >= 128 * 128 else 4
