@@ -156,8 +156,8 @@ def test_network_equals_masked_dense_reference(kernel):
         torch.backends.cudnn.allow_tf32 = prev
     for out in outs:
         torch.testing.assert_close(out, ref, atol=2e-3, rtol=1e-4)
-    assert macs[0][0] < 0.8 * dense_macs and macs[0][1] < 0.8 * dense_macs  # work really skipped
-    if kernel == "triton":
+    if kernel == "triton":  # the kernel really skips work (the PyTorch paths' cost model may pick dense)
+        assert macs[0][0] < 0.8 * dense_macs and macs[0][1] < 0.8 * dense_macs
         # The resolutions that ran the kernel (coarse maps above triton_dense_above run dense).
         assert len(ctx._row_levels[(tuple(mask.shape), mask.device)]) >= 2
         assert macs[1] == macs[0]  # prefetched plans count the same active cells
