@@ -114,3 +114,29 @@ def test_shipped_names_resolve():
         assert "postprocess" in info.meta and "val" in info.metrics
     with pytest.raises(FileNotFoundError, match="shipped checkpoints"):
         resolve_weights("qunet-nowhere")
+
+
+def test_meta_paths_are_stored_portably(tmp_path, monkeypatch):
+    assets = tmp_path / "assets"
+    (assets / "data").mkdir(parents=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setenv("ARGOS_ASSETS", str(assets))
+    monkeypatch.chdir(work)
+    meta = {
+        "command": f"argos train qunet --video {assets}/data/v.avi --out /elsewhere/runs/a.qunet --log {work}/logs/x",
+        "data": {"images": f"{assets}/data/imgs", "video": None, "ranges": ["0:10", "/abs/other/file.json"]},
+        "url": "https://example.com/a/b",
+    }
+    path = save_checkpoint(_trained(), tmp_path / "m.qunet", meta=meta)
+    header = read_header(path).meta
+    assert header["command"] == "argos train qunet --video $ARGOS_ASSETS/data/v.avi --out a.qunet --log logs/x"
+    assert header["data"] == {"images": "$ARGOS_ASSETS/data/imgs", "video": None, "ranges": ["0:10", "file.json"]}
+    assert header["url"] == "https://example.com/a/b"
+
+
+def test_shipped_checkpoints_hold_no_machine_paths():
+    for name in ("qunet-coco", "qunet-street"):
+        text = json.dumps(read_header(resolve_weights(name)).meta)
+        assert "/work/" not in text and "/tmp/" not in text and "/home/" not in text, name
+        assert "$ARGOS_ASSETS/data/" in text

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from argos.proposers.qunet.model import QUNet, QUNetConfig
 from argos.proposers.qunet.quant import BinaryConv2d, binary_scale
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_weights", "read_header", "CheckpointInfo",
-           "CheckpointError", "shipped_weights", "resolve_weights", "WEIGHTS_DIR"]
+           "CheckpointError", "shipped_weights", "resolve_weights", "WEIGHTS_DIR", "portable_paths"]
 
 MAGIC = b"ARGOSQUN"
 VERSION = 1
@@ -65,6 +66,40 @@ class CheckpointInfo:
     meta: Dict[str, Any] = field(default_factory=dict)
 
 
+_ABS_PATH = re.compile(r"(?<![\w.$~:/])/[^\s'\"]+")
+
+
+def portable_paths(value: Any, roots: Optional[Dict[str, Path]] = None) -> Any:
+    """``value`` (str, or nested dicts/lists of them) with every absolute path rewritten so that
+    no checkpoint records the training machine's folders: under the assets root as
+    ``$ARGOS_ASSETS/<relative>``, under the working directory as a relative path, elsewhere as
+    the bare file name."""
+    if roots is None:
+        from argos.assets import assets_dir
+
+        assets = assets_dir()
+        roots = {"$ARGOS_ASSETS": assets.resolve()} if assets is not None else {}
+        roots["."] = Path.cwd().resolve()
+    if isinstance(value, dict):
+        return {k: portable_paths(v, roots) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(portable_paths(v, roots) for v in value)
+    if not isinstance(value, str):
+        return value
+
+    def rewrite(match: "re.Match[str]") -> str:
+        path = Path(os.path.normpath(match.group(0)))
+        for prefix, root in roots.items():
+            try:
+                rel = path.relative_to(root)
+            except ValueError:
+                continue
+            return rel.as_posix() if prefix == "." else f"{prefix}/{rel.as_posix()}"
+        return path.name
+
+    return _ABS_PATH.sub(rewrite, value)
+
+
 def _binary_names(model: QUNet) -> set:
     return {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, BinaryConv2d) and m.binary}
 
@@ -74,9 +109,11 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model`` (a :class:`QUNet`, or a DDP wrapper of one) to ``path``; returns the path.
 
-    ``metrics`` and ``meta`` must be JSON-serializable.
+    ``metrics`` and ``meta`` must be JSON-serializable. Absolute paths in ``meta`` (data
+    folders, the training command) are stored portably (:func:`portable_paths`).
     """
     model = getattr(model, "module", model)
+    meta = portable_paths(meta) if meta else meta
     if not isinstance(model, QUNet):
         raise TypeError(f"save_checkpoint expects a QUNet, got {type(model).__name__}")
     binary = _binary_names(model)
