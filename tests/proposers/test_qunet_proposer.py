@@ -130,3 +130,37 @@ def test_table41_rows_cost_only_without_weights(coco128):
     assert eq["full_precision"] > eq["middle_quantized"] > eq["middle_up_quantized"] > eq["all_quantized"]
     assert all(r["gflops_dense"] == pytest.approx(rows[0]["gflops_dense"], rel=1e-3) for r in rows[:4])
     assert "untrained" in format_table41(rows)
+
+
+def test_backend_arguments():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        QUNetProposer(weights="qunet-street", backend="tensorrt")
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        QUNetProposer(weights="qunet-street", backend="onnxruntime", device="cuda")
+    assert "backend='torch'" in repr(QUNetProposer(weights="qunet-street"))
+
+
+def test_onnxruntime_backend_proposes_what_torch_does(coco128):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    ref = QUNetProposer(weights="qunet-coco")
+    fast = QUNetProposer(weights="qunet-coco", backend="onnxruntime")
+    grid_diff = grid_total = pix_diff = pix_total = 0
+    for i in range(6):
+        image = coco128[i].image
+        x = ref.preprocess([image])
+        with torch.inference_mode():
+            want = ref.model(x)
+        got = fast.logits(x)
+        assert got.shape == want.shape and got.dtype == torch.float32
+        # Close, not equal: activations on a rounding boundary of a low-bit quantizer flip when
+        # the runtimes sum in another order, and the flip spreads through later layers.
+        assert float((got - want).abs().median()) < 1e-2
+        p_ref = 1 - torch.softmax(want, 1)[0, 0]
+        p_got = 1 - torch.softmax(got, 1)[0, 0]
+        grid_diff += int(((p_ref > ref.threshold) != (p_got > ref.threshold)).sum())
+        grid_total += p_ref.numel()
+        (a,), (b,) = ref.propose([image]), fast.propose([image])
+        pix_diff += int((a.mask != b.mask).sum())
+        pix_total += a.mask.numel()
+    assert grid_diff / grid_total < 0.005 and pix_diff / pix_total < 0.01
