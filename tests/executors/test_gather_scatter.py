@@ -189,6 +189,18 @@ def test_bad_inputs():
         convert(nn.Conv2d(3, 4, 3), tile="big")
     with pytest.raises(ValueError, match="sparse layers"):
         context_of(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        GatherScatterExecutor(kernel="cudnn")
+    with pytest.raises(ValueError, match="triton_dense_above"):
+        SparseContext(triton_dense_above=1.5)
+
+
+def test_executor_passes_its_kernel_choice_to_the_context():
+    adapter = YOLOv5Adapter(cfg="yolov5nu.yaml", img_size=64)
+    for kernel in ("torch", "auto"):
+        _, ctx = GatherScatterExecutor(kernel=kernel).prepare(adapter)
+        assert ctx.kernel == kernel
+        assert not ctx.use_triton(torch.device("cpu"))  # the CPU runs the PyTorch paths
 
 
 # ---- whole networks ----
