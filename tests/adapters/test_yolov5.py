@@ -60,13 +60,54 @@ def test_real_checkpoint_loads(yolov5n):
     assert all(p.dtype == torch.float32 for p in yolov5n.module.parameters()), "fp16 weights become float32"
 
 
-def test_real_checkpoint_weights_equal_pickled(yolov5n, yolov5n_weights):
+def test_real_checkpoint_weights_equal_pickled(yolov5n_weights):
     # Reference: the tensors as pickled, read through the stand-ins without the rebuilt network.
     pickled = legacy.restricted_load(yolov5n_weights)["model"].state_dict()
-    ours = yolov5n.module.state_dict()
+    ours = YOLOv5Adapter(weights=yolov5n_weights, optimize=False).module.state_dict()
     assert ours.keys() == pickled.keys()
     for k, v in pickled.items():
         assert torch.equal(ours[k], v.float()), k
+
+
+def test_optimized_network_predicts_what_the_original_does(yolov5n, yolov5n_weights, assets):
+    import cv2
+
+    plain = YOLOv5Adapter(weights=yolov5n_weights, optimize=False)
+    assert yolov5n.optimized and not plain.optimized
+    bns = [m for m in plain.module.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 57 and not any(isinstance(m, nn.BatchNorm2d) for m in yolov5n.module.modules())
+    conv = next(m for m in yolov5n.module.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    image = cv2.cvtColor(cv2.imread(str(assets / "data/coco128/images/train2017/000000000036.jpg")), cv2.COLOR_BGR2RGB)
+    batch, metas = plain.preprocess([image])
+    want, got = plain.forward(batch), yolov5n.forward(batch)
+    # Boxes in input pixels (up to 640) and objectness/class scores: float rounding only.
+    torch.testing.assert_close(got, want, atol=2e-3, rtol=1e-4)
+    (a,), (b,) = plain.postprocess(want, metas), yolov5n.postprocess(got, metas)
+    keep_a, keep_b = a[a.scores >= 0.25], b[b.scores >= 0.25]
+    assert len(keep_a) == len(keep_b) > 0
+    torch.testing.assert_close(keep_b.boxes, keep_a.boxes, atol=1e-2, rtol=0)
+
+
+def test_fold_batchnorm_by_hand():
+    from ultralytics.nn.modules.conv import Conv
+
+    from argos.adapters.yolov5 import fold_batchnorm
+
+    torch.manual_seed(0)
+    block = Conv(4, 6, 3, 2).eval()
+    with torch.no_grad():
+        block.bn.running_mean.uniform_(-1, 1)
+        block.bn.running_var.uniform_(0.5, 2)
+        block.bn.weight.uniform_(0.5, 1.5)
+        block.bn.bias.uniform_(-1, 1)
+    x = torch.randn(2, 4, 9, 9)
+    bn = block.bn
+    ref = block.act((block.conv(x) - bn.running_mean[:, None, None]) / (bn.running_var[:, None, None] + bn.eps).sqrt()
+                    * bn.weight[:, None, None] + bn.bias[:, None, None])  # fmt: skip
+    assert fold_batchnorm(block) == 1 and isinstance(block.bn, nn.Identity) and block.conv.bias is not None
+    torch.testing.assert_close(block(x), ref, atol=1e-5, rtol=1e-5)
+    assert fold_batchnorm(block) == 0  # nothing left to fold
 
 
 def test_real_checkpoint_detects_person(yolov5n, assets):

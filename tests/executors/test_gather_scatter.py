@@ -2,6 +2,7 @@
 the dense path, the executor end to end."""
 from __future__ import annotations
 
+import copy
 import math
 import os
 
@@ -193,6 +194,24 @@ def test_bad_inputs():
         GatherScatterExecutor(kernel="cudnn")
     with pytest.raises(ValueError, match="triton_dense_above"):
         SparseContext(triton_dense_above=1.5)
+
+
+def test_folded_blocks_become_sparse_blocks():
+    from argos.adapters.yolov5 import fold_batchnorm
+
+    net = randomize_bn(YOLOv5Adapter(cfg="yolov5nu.yaml", optimize=False).module, seed=3)
+    x = torch.rand(1, 3, 64, 96)
+    mask = random_mask(1, 64, 96, 0.2, seed=7)
+    ref = masked_reference(net, x, mask)  # with the BatchNorms
+    unfolded_blocks = [m for m in convert(net).modules() if isinstance(m, SparseConvBlock)]
+    net_f = copy.deepcopy(net)
+    assert fold_batchnorm(net_f) == len(unfolded_blocks) > 0
+    sparse_f = convert(net_f)
+    blocks = [m for m in sparse_f.modules() if isinstance(m, SparseConvBlock)]
+    assert len(blocks) == len(unfolded_blocks) and all(b.bn is None for b in blocks)
+    with torch.inference_mode(), context_of(sparse_f).activate(mask):
+        out = sparse_f(x)
+    assert_close(out, ref, atol=2e-3, rtol=1e-4)
 
 
 def test_executor_passes_its_kernel_choice_to_the_context():

@@ -32,7 +32,9 @@ def _non_spatial_types() -> Tuple[type, ...]:
 
 def _as_block(m: nn.Module) -> Optional[Tuple[nn.Conv2d, Optional[nn.BatchNorm2d], nn.Module]]:
     """``(conv, bn, act)`` when ``m`` is an ultralytics ``Conv`` block whose forward is
-    ``act(bn(conv(x)))`` (or ``act(conv(x))`` after ultralytics' ``fuse()``)."""
+    ``act(bn(conv(x)))`` (``bn`` ``None`` when already folded: an ``nn.Identity`` left by
+    :func:`~argos.adapters.yolov5.fold_batchnorm`, or ``act(conv(x))`` after ultralytics'
+    ``fuse()``)."""
     conv_cls = _ultralytics_conv()
     if conv_cls is None or not isinstance(m, conv_cls) or type(m).forward is not conv_cls.forward:
         return None
@@ -41,6 +43,8 @@ def _as_block(m: nn.Module) -> Optional[Tuple[nn.Conv2d, Optional[nn.BatchNorm2d
         return None
     own_forward = m.__dict__.get("forward")
     if own_forward is None:
+        if type(bn) is nn.Identity:  # BatchNorm already folded into conv (fold_batchnorm)
+            return conv, None, act
         return (conv, bn, act) if type(bn) is nn.BatchNorm2d else None
     # ultralytics' fuse() drops bn and sets the instance's forward to forward_fuse.
     fused = getattr(own_forward, "__func__", None) is conv_cls.forward_fuse and bn is None
