@@ -127,6 +127,23 @@ def test_halo_grows_each_layer_mask(halo):
     assert int(m.sum()) == (2 * math.ceil(halo / 2) + 1) ** 2
 
 
+@pytest.mark.parametrize("size", [(64, 96, 32, 48), (64, 96, 8, 8), (37, 29, 19, 15), (40, 40, 5, 40)])
+@pytest.mark.parametrize("halo", [0.0, 4.0, 17.0])
+def test_layer_masks_and_tile_counts_equal_the_reference(size, halo):
+    from argos.executors.sparse.masks import _tile_any, layer_mask
+
+    H, W, h, w = size
+    mask = random_mask(2, H, W, 0.05, seed=H + w)
+    got = layer_mask(mask, h, w, halo)
+    assert torch.equal(got, ref_mask(mask, h, w, halo))
+    for th, tw in [(2, 2), (4, 3), (8, 8)]:
+        ref = torch.zeros(2, -(-h // th), -(-w // tw), dtype=torch.bool)
+        for i in range(ref.shape[1]):
+            for j in range(ref.shape[2]):
+                ref[:, i, j] = got[:, i * th:(i + 1) * th, j * tw:(j + 1) * tw].flatten(1).any(1)
+        assert torch.equal(_tile_any(got, th, tw), ref)
+
+
 def test_conv_block_folds_batchnorm_and_activation():
     from ultralytics.nn.modules.conv import Conv
 

@@ -26,23 +26,65 @@ __all__ = ["SparseContext", "TilePlan", "PointPlan", "Im2colPlan", "layer_mask",
 KERNELS = ("auto", "torch", "triton")
 
 
+def _or_pool(mask: torch.Tensor, ky: int, kx: int) -> torch.Tensor:
+    """Bool Tensor[B, H, W] -> Tensor[B, H/ky, W/kx]: OR over ``ky x kx`` blocks (H, W multiples).
+
+    ``ky + kx`` elementwise ORs of strided views: on a 640x640 mask about 15x faster than a
+    max pool, which first converts the whole mask to float.
+    """
+    B, H, W = mask.shape
+    h, w = H // ky, W // kx
+    rows = mask.reshape(B, h, ky, W)
+    out = rows[:, :, 0]
+    for i in range(1, ky):
+        out = out | rows[:, :, i]
+    cols = out.reshape(B, h, w, kx)
+    out = cols[..., 0]
+    for j in range(1, kx):
+        out = out | cols[..., j]
+    return out
+
+
 def _pool_mask(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Bool Tensor[B, H, W] -> Tensor[B, h, w]: a cell is active if any pixel it spans is."""
     H, W = mask.shape[-2:]
     if (H, W) == (h, w):
         return mask
-    x = mask[:, None].to(torch.float32)
-    if H % h == 0 and W % w == 0:
-        # Same cells as adaptive pooling here, but a plain max pool is several times faster.
-        return F.max_pool2d(x, (H // h, W // w))[:, 0] > 0
-    return F.adaptive_max_pool2d(x, (h, w))[:, 0] > 0
+    if H % h == 0 and W % w == 0:  # the same cells as adaptive pooling here
+        return _or_pool(mask, H // h, W // w)
+    return F.adaptive_max_pool2d(mask[:, None].to(torch.float32), (h, w))[:, 0] > 0
 
 
 def _dilate(mask: torch.Tensor, ry: int, rx: int) -> torch.Tensor:
+    """Box dilation by ``ry`` rows and ``rx`` columns (separable ORs of shifted views)."""
     if ry == 0 and rx == 0:
         return mask
-    x = mask[:, None].to(torch.float32)
-    return F.max_pool2d(x, (2 * ry + 1, 2 * rx + 1), 1, (ry, rx))[:, 0] > 0
+    B, H, W = mask.shape
+    out = mask
+    if ry:
+        padded = out.new_zeros(B, H + 2 * ry, W)
+        padded[:, ry : ry + H] = out
+        out = padded[:, 0:H]
+        for i in range(1, 2 * ry + 1):
+            out = out | padded[:, i : i + H]
+    if rx:
+        padded = out.new_zeros(B, H, W + 2 * rx)
+        padded[:, :, rx : rx + W] = out
+        out = padded[:, :, 0:W]
+        for j in range(1, 2 * rx + 1):
+            out = out | padded[:, :, j : j + W]
+    return out
+
+
+def _tile_any(mask: torch.Tensor, th: int, tw: int) -> torch.Tensor:
+    """Bool Tensor[B, h, w] -> Tensor[B, ceil(h/th), ceil(w/tw)]: tiles holding an active cell."""
+    B, h, w = mask.shape
+    nty, ntx = -(-h // th), -(-w // tw)
+    if (nty * th, ntx * tw) != (h, w):
+        padded = mask.new_zeros(B, nty * th, ntx * tw)
+        padded[:, :h, :w] = mask
+        mask = padded
+    return _or_pool(mask, th, tw)
 
 
 def _halo_cells(halo: float, H: int, W: int, h: int, w: int) -> Tuple[int, int]:
@@ -358,10 +400,7 @@ class SparseContext:
         if n is None:
             m = self.mask_at(h, w)
             t0 = time.perf_counter()
-            if tile == (1, 1):
-                n = int(m.sum())
-            else:
-                n = int(F.max_pool2d(m[:, None].to(torch.float32), tile, ceil_mode=True).sum())
+            n = int(m.sum()) if tile == (1, 1) else int(_tile_any(m, *tile).sum())
             self._plans[key] = n
             self.stats.index_ms += (time.perf_counter() - t0) * 1e3
         return n  # type: ignore[return-value]
@@ -404,7 +443,7 @@ def _tile_plan(
     if (nty * th, ntx * tw) != (h, w):
         mp = m.new_zeros(B, nty * th, ntx * tw)
         mp[:, :h, :w] = m
-    tiles = mp.view(B, nty, th, ntx, tw).any(4).any(2)  # [B, nty, ntx]
+    tiles = _or_pool(mp, th, tw)  # [B, nty, ntx]
     b, ty, tx = tiles.nonzero(as_tuple=True)
     n = int(b.numel())
     tih, tiw = (th - 1) * sh + dh * (kh - 1) + 1, (tw - 1) * sw + dw * (kw - 1) + 1
