@@ -259,7 +259,8 @@ class YOLOv5Adapter(Adapter):
         optimize: for networks argos builds (``weights``, ``cfg``): fold BatchNorm into the
             convolutions (:func:`fold_batchnorm`, as ultralytics does before it predicts) and
             keep the weights channels-last, the layout oneDNN runs fastest. On the dev CPU this
-            makes yolov5n 17-21% faster at 640x480 and about a third faster on small crops.
+            makes yolov5n about 20% faster at 640x480 and about a third faster on small crops
+            (`benchmarks/adapter_optimize.py`).
             A ``model`` you pass is used as given.
 
     Exactly one of ``weights``, ``model``, ``cfg`` is given.
