@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -202,6 +203,7 @@ class SparseContext:
         # next forward builds them all up front (see _prefetch_rows).
         self._row_levels: Dict[tuple, List[Tuple[int, int]]] = {}
         self._rows_built: List[Tuple[int, int]] = []
+        self._triton_ok: Dict[torch.device, bool] = {}
 
     @contextlib.contextmanager
     def activate(self, mask: torch.Tensor) -> Iterator["SparseContext"]:
@@ -354,15 +356,23 @@ class SparseContext:
         """Whether groups-1 convs on ``device`` run the Triton kernel under this context."""
         if self.kernel == "torch":
             return False
-        from argos.executors.sparse import triton_conv
+        ok = self._triton_ok.get(device)
+        if ok is None:
+            interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+            if device.type == "cuda" or interpreting:
+                from argos.executors.sparse import triton_conv  # imports triton: only when it can run
 
-        ok = triton_conv.available(device)
-        if self.kernel == "triton" and not ok:
-            raise RuntimeError(
-                f"kernel='triton' cannot run on {device}: "
-                + ("triton is not installed" if triton_conv.triton is None else
-                   "the kernel needs a CUDA device (or TRITON_INTERPRET=1 on the CPU)")
-            )  # fmt: skip
+                ok = triton_conv.available(device)
+                missing = triton_conv.triton is None
+            else:
+                ok, missing = False, False
+            if self.kernel == "triton" and not ok:
+                raise RuntimeError(
+                    f"kernel='triton' cannot run on {device}: "
+                    + ("triton is not installed" if missing else
+                       "the kernel needs a CUDA device (or TRITON_INTERPRET=1 on the CPU)")
+                )  # fmt: skip
+            self._triton_ok[device] = ok
         return ok
 
     def tile_plan(
