@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from argos.adapters.base import Adapter, check_batch
+from argos.adapters.base import Adapter, check_batch, fold_batchnorm_params
 from argos.structures import Detections
 
 __all__ = [
@@ -204,9 +204,9 @@ def fold_batchnorm(module: nn.Module) -> int:
     convolution, in place; the block's ``bn`` becomes ``nn.Identity`` (its forward stays
     ``act(bn(conv(x)))``). Returns the number of blocks folded.
 
-    ``w' = w * g / sqrt(v + eps)`` and ``b' = beta + (b - m) * g / sqrt(v + eps)`` per output
-    channel: the same outputs up to float rounding, one op less per block. For inference only:
-    the folded model has no BatchNorm statistics left to train.
+    The same outputs up to float rounding (:func:`~argos.adapters.base.fold_batchnorm_params`),
+    one op less per block. For inference only: the folded model has no BatchNorm statistics
+    left to train.
     """
     from ultralytics.nn.modules.conv import Conv
 
@@ -217,22 +217,14 @@ def fold_batchnorm(module: nn.Module) -> int:
             continue
         if type(bn) is not nn.BatchNorm2d or not bn.track_running_stats:
             continue
+        weight, bias = fold_batchnorm_params(conv.weight, conv.bias, bn)
+        fused = nn.Conv2d(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+            conv.groups, bias=True, padding_mode=conv.padding_mode, device=weight.device, dtype=weight.dtype,
+        )  # fmt: skip
         with torch.no_grad():
-            scale = bn.running_var.add(bn.eps).rsqrt()
-            if bn.weight is not None:
-                scale = scale * bn.weight
-            shift = -bn.running_mean * scale
-            if bn.bias is not None:
-                shift = shift + bn.bias
-            if conv.bias is not None:
-                shift = shift + conv.bias * scale
-            fused = nn.Conv2d(
-                conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                conv.groups, bias=True, padding_mode=conv.padding_mode,
-                device=conv.weight.device, dtype=conv.weight.dtype,
-            )  # fmt: skip
-            fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-            fused.bias.copy_(shift)
+            fused.weight.copy_(weight)
+            fused.bias.copy_(bias)
         fused.requires_grad_(conv.weight.requires_grad)
         m.conv, m.bn = fused, nn.Identity()
         n += 1

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from argos.adapters.base import fold_batchnorm_params
 from argos.executors.sparse.masks import SparseContext
 
 __all__ = ["SparseConv2d", "SparseConvBlock", "MaskedDense", "ELEMENTWISE_ACTIVATIONS"]
@@ -516,19 +517,10 @@ class SparseConvBlock(_SparseMixin, nn.Module):
             sources += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
         key = tuple(_key(t) for t in sources)
         if key != self.__dict__.get("_folded_key"):
-            with torch.no_grad():
-                w, b = conv.weight, conv.bias
-                if bn is not None:
-                    # Fold in fp32 even for half models: rounding the scale first costs accuracy.
-                    scale = bn.running_var.float().add(bn.eps).rsqrt()
-                    if bn.weight is not None:
-                        scale = scale * bn.weight.float()
-                    shift = -bn.running_mean.float() * scale
-                    if bn.bias is not None:
-                        shift = shift + bn.bias.float()
-                    w = (w.float() * scale.view(-1, 1, 1, 1)).to(w.dtype)
-                    b = (shift if b is None else b.float() * scale + shift).to(w.dtype)
-                self._folded = (w.detach().contiguous(), None if b is None else b.detach().contiguous())
+            w, b = conv.weight, conv.bias
+            if bn is not None:
+                w, b = fold_batchnorm_params(w, b, bn)
+            self._folded = (w.detach().contiguous(), None if b is None else b.detach().contiguous())
             self._folded_key = key
         return self._folded
 
