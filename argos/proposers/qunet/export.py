@@ -38,7 +38,7 @@ from argos.proposers.qunet.dct import BLOCK, dct_basis
 from argos.proposers.qunet.model import QUNet
 from argos.proposers.qunet.quant import BinaryConv2d
 
-__all__ = ["ExportableQUNet", "export_onnx", "compare_onnx", "main"]
+__all__ = ["ExportableQUNet", "export_onnx", "compare_onnx", "ort_session", "main"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -170,12 +170,21 @@ def export_onnx(weights_or_model: Union[QUNet, PathLike], out_path: PathLike, op
     return out_path
 
 
-def _session(onnx_path: PathLike):
-    import onnxruntime as ort
-
+def ort_session(onnx: Union[PathLike, bytes]):
+    """An onnxruntime CPU session on an exported model (a file, or its bytes), with PyTorch's
+    thread count and no spinning workers: by default they spin after each run, which next to
+    PyTorch's own thread pool (a detector runs right after) steals the cores both need."""
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise ImportError("running QU-Net in onnxruntime needs it: pip install onnxruntime onnx "
+                          "(or argos[export])") from err  # fmt: skip
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(1, torch.get_num_threads())
-    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    model = onnx if isinstance(onnx, bytes) else str(onnx)
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 def compare_onnx(proposer, onnx_path: PathLike, images: Iterable[np.ndarray]) -> Dict[str, Any]:
@@ -193,7 +202,7 @@ def compare_onnx(proposer, onnx_path: PathLike, images: Iterable[np.ndarray]) ->
         differs), "proposal_pixels_differing" (over all images, at image resolution),
         "proposal_mask_disagreement", "images_with_equal_proposals"}``.
     """
-    sess = _session(onnx_path)
+    sess = ort_session(onnx_path)
     n = 0
     max_diff = 0.0
     grid_total = grid_diff = 0

@@ -147,23 +147,11 @@ class QUNetProposer(Proposer):
         """Export the model to ONNX (in a temporary folder) and open an onnxruntime session on it."""
         import tempfile
 
-        try:
-            import onnxruntime as ort
-        except ImportError as err:
-            raise ImportError("backend='onnxruntime' needs onnxruntime: pip install onnxruntime onnx "
-                              "(or argos[export])") from err  # fmt: skip
-        from argos.proposers.qunet.export import export_onnx
+        from argos.proposers.qunet.export import export_onnx, ort_session
 
         with tempfile.TemporaryDirectory() as tmp:
-            path = export_onnx(self.model, os.path.join(tmp, "qunet.onnx"))
-            graph = path.read_bytes()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, torch.get_num_threads())
-        opts.inter_op_num_threads = 1
-        # onnxruntime's workers spin after each run by default; next to PyTorch's own thread pool
-        # (the detector runs right after) that steals the cores both need.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+            graph = export_onnx(self.model, os.path.join(tmp, "qunet.onnx")).read_bytes()
+        self._session = ort_session(graph)
         return self._session
 
     def mask_from_probability(self, prob: torch.Tensor, image_size: Tuple[int, int]) -> torch.Tensor:
