@@ -294,7 +294,7 @@ class _SparseMixin:
         C: int,
         c_out: int,
         conv: nn.Conv2d,
-        device: Optional[torch.device] = None,
+        device: torch.device,
     ) -> tuple:
         """The cheapest path under the cost model above for this layer's shape and the current
         mask (decided once per frame and shape); ``tile`` can force one. Candidates: ``point``
@@ -309,7 +309,7 @@ class _SparseMixin:
         pointwise = k == (1, 1) and _padding(conv) == (0, 0) and g == 1
         if tile == "dense":
             return ("dense",)
-        if tile is None and device is not None and ctx.use_triton(device):
+        if tile is None and ctx.use_triton(device):
             from argos.executors.sparse.triton_conv import supports
 
             if not supports(conv):

@@ -77,15 +77,26 @@ def _dilate(mask: torch.Tensor, ry: int, rx: int) -> torch.Tensor:
     return out
 
 
-def _tile_any(mask: torch.Tensor, th: int, tw: int) -> torch.Tensor:
-    """Bool Tensor[B, h, w] -> Tensor[B, ceil(h/th), ceil(w/tw)]: tiles holding an active cell."""
+def _pad_to_tiles(mask: torch.Tensor, th: int, tw: int) -> torch.Tensor:
+    """Bool Tensor[B, h, w] padded with inactive cells to whole ``th x tw`` tiles."""
     B, h, w = mask.shape
     nty, ntx = -(-h // th), -(-w // tw)
-    if (nty * th, ntx * tw) != (h, w):
-        padded = mask.new_zeros(B, nty * th, ntx * tw)
-        padded[:, :h, :w] = mask
-        mask = padded
-    return _or_pool(mask, th, tw)
+    if (nty * th, ntx * tw) == (h, w):
+        return mask
+    padded = mask.new_zeros(B, nty * th, ntx * tw)
+    padded[:, :h, :w] = mask
+    return padded
+
+
+def _tile_any(mask: torch.Tensor, th: int, tw: int) -> torch.Tensor:
+    """Bool Tensor[B, h, w] -> Tensor[B, ceil(h/th), ceil(w/tw)]: tiles holding an active cell."""
+    return _or_pool(_pad_to_tiles(mask, th, tw), th, tw)
+
+
+def triton_interpreting() -> bool:
+    """Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``); read without
+    importing triton."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _halo_cells(halo: float, H: int, W: int, h: int, w: int) -> Tuple[int, int]:
@@ -325,9 +336,9 @@ class SparseContext:
 
         def build(m: torch.Tensor) -> PointPlan:
             self._rows_built.append((h, w))
-            plan = _point_plan(m.to(device), h, w, (1, 1))
-            dst = plan.dst.to(torch.int32)
-            return PointPlan(dst, dst, plan.per_image)
+            m = m.to(device)
+            dst = m.reshape(-1).nonzero().squeeze(1).to(torch.int32)  # row-major: b*h*w + y*w + x
+            return PointPlan(dst, dst, m.reshape(m.shape[0], -1).sum(1).tolist())
 
         return self._cached_plan(key, h, w, build)
 
@@ -358,8 +369,7 @@ class SparseContext:
             return False
         ok = self._triton_ok.get(device)
         if ok is None:
-            interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-            if device.type == "cuda" or interpreting:
+            if device.type == "cuda" or triton_interpreting():
                 from argos.executors.sparse import triton_conv  # imports triton: only when it can run
 
                 ok = triton_conv.available(device)
@@ -448,11 +458,7 @@ def _tile_plan(
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), (th, tw) = geometry
     B, h, w = m.shape
     dev = m.device
-    nty, ntx = -(-h // th), -(-w // tw)
-    mp = m
-    if (nty * th, ntx * tw) != (h, w):
-        mp = m.new_zeros(B, nty * th, ntx * tw)
-        mp[:, :h, :w] = m
+    mp = _pad_to_tiles(m, th, tw)
     tiles = _or_pool(mp, th, tw)  # [B, nty, ntx]
     b, ty, tx = tiles.nonzero(as_tuple=True)
     n = int(b.numel())

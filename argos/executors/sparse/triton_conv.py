@@ -23,6 +23,8 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from argos.executors.sparse.masks import triton_interpreting as interpreting
+
 try:  # Triton ships with PyTorch's CUDA wheels; CPU-only installs may lack it.
     import triton
     import triton.language as tl
@@ -34,11 +36,6 @@ __all__ = ["available", "interpreting", "supports", "sparse_conv", "ACTIVATIONS"
 
 # Activations fused into the kernel's epilogue: type -> code (see the kernel).
 ACTIVATIONS = {nn.SiLU: 1, nn.ReLU: 2, nn.LeakyReLU: 3, nn.Hardswish: 4}
-
-
-def interpreting() -> bool:
-    """Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def available(device: torch.device) -> bool:
