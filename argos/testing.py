@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["randomize_bn", "reference_layer_mask"]
+__all__ = ["randomize_bn", "reference_layer_mask", "blocky_image"]
 
 
 @torch.no_grad()
@@ -54,3 +54,14 @@ def reference_layer_mask(mask: torch.Tensor, h: int, w: int, halo: float = 0.0) 
                 grown[:, max(0, dy) : h - max(0, -dy), max(0, dx) : w - max(0, -dx)] |= src
         out = grown
     return torch.from_numpy(out)
+
+
+def blocky_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """HxWx3 uint8 RGB test image: random 8x8-pixel blocks plus noise (structure at two scales,
+    so segmentation and detection models give non-uniform outputs)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (max(1, h // 8), max(1, w // 8), 3), dtype=np.uint8)
+    big = np.kron(small, np.ones((8, 8, 1), np.uint8))[:h, :w]
+    big = np.pad(big, ((0, h - big.shape[0]), (0, w - big.shape[1]), (0, 0)), mode="edge")
+    noise = rng.integers(0, 40, (h, w, 3))
+    return np.clip(big.astype(np.int64) + noise, 0, 255).astype(np.uint8)

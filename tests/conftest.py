@@ -50,3 +50,16 @@ def yolov5n(yolov5n_weights: Path):
     from argos.adapters.yolov5 import YOLOv5Adapter
 
     return YOLOv5Adapter(weights=str(yolov5n_weights))
+
+
+@pytest.fixture(scope="module")
+def pspnet18():
+    """A small random-init PSPNet (ResNet-18, 128 px) with non-trivial BatchNorm statistics; one
+    per test module, since executors may convert it in place."""
+    from argos.adapters.pspnet import PSPNetAdapter
+    from argos.testing import randomize_bn
+
+    torch.manual_seed(0)
+    adapter = PSPNetAdapter(depth=18, img_size=128)
+    randomize_bn(adapter.module)
+    return adapter

@@ -18,25 +18,14 @@ from argos.adapters.pspnet import (
     PSPNetConfig,
 )
 from argos.adapters.yolov5 import letterbox
-from argos.testing import randomize_bn
+from argos.testing import blocky_image as image, randomize_bn
 
 
 @pytest.fixture(scope="module")
-def adapter() -> PSPNetAdapter:
-    torch.manual_seed(0)
-    a = PSPNetAdapter(depth=18, img_size=128)
-    randomize_bn(a.module)
-    return a
+def adapter(pspnet18) -> PSPNetAdapter:
+    return pspnet18
 
 
-def image(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """Blocky random RGB image (structure at several scales)."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (max(1, h // 8), max(1, w // 8), 3), dtype=np.uint8)
-    big = np.kron(small, np.ones((8, 8, 1), np.uint8))[:h, :w]
-    big = np.pad(big, ((0, h - big.shape[0]), (0, w - big.shape[1]), (0, 0)), mode="edge")
-    noise = rng.integers(0, 40, (h, w, 3))
-    return np.clip(big.astype(np.int64) + noise, 0, 255).astype(np.uint8)
 
 
 def test_registry_builds_the_common_suite_kwargs():

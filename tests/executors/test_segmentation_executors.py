@@ -3,7 +3,6 @@ reproduces the unwrapped model, pixels off the mask are background, gather_scatt
 masked-dense reference written out here, packed crops equal direct crop runs."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -15,25 +14,17 @@ from argos.executors.gather_scatter import GatherScatterExecutor, context_of, co
 from argos.executors.masked import MaskedExecutor
 from argos.executors.packed_crops import PackedCropsExecutor
 from argos.executors.sparse import SparseConv2d
-from argos.testing import randomize_bn, reference_layer_mask as ref_mask
+from argos.testing import blocky_image as image, reference_layer_mask as ref_mask
 
 
 EXECUTORS = ["masked", "gather_scatter", "packed_crops"]
 
 
 @pytest.fixture(scope="module")
-def adapter() -> PSPNetAdapter:
-    torch.manual_seed(0)
-    a = PSPNetAdapter(depth=18, img_size=128)
-    randomize_bn(a.module)
-    return a
+def adapter(pspnet18) -> PSPNetAdapter:
+    return pspnet18
 
 
-def image(h: int, w: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (-(-h // 8), -(-w // 8), 3), dtype=np.uint8)
-    big = np.kron(small, np.ones((8, 8, 1), np.uint8))[:h, :w]
-    return np.clip(big.astype(np.int64) + rng.integers(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
 
 
 def box_mask(h: int, w: int, *boxes) -> torch.Tensor:
