@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["randomize_bn", "reference_layer_mask", "blocky_image"]
+__all__ = ["randomize_bn", "reference_layer_mask", "masked_dense_reference", "blocky_image"]
 
 
 @torch.no_grad()
@@ -54,6 +54,32 @@ def reference_layer_mask(mask: torch.Tensor, h: int, w: int, halo: float = 0.0) 
                 grown[:, max(0, dy) : h - max(0, -dy), max(0, dx) : w - max(0, -dx)] |= src
         out = grown
     return torch.from_numpy(out)
+
+
+def masked_dense_reference(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, halo: float = 0.0):
+    """The gather-scatter reference semantics for an ultralytics/YOLOv5 network: run the original
+    ``model`` with every conv output (each ultralytics ``Conv`` block's output, BN and activation
+    included; ``DFL``'s conv aside) multiplied by its layer's :func:`reference_layer_mask`.
+    ``mask``: bool Tensor[B, H, W] at the network input, on any device."""
+    from ultralytics.nn.modules.block import DFL
+    from ultralytics.nn.modules.conv import Conv
+
+    cpu_mask = mask.cpu()
+
+    def hook(m, inputs, out):
+        keep = reference_layer_mask(cpu_mask, out.shape[-2], out.shape[-1], halo)
+        return out * keep[:, None].to(out.device, out.dtype)
+
+    blocks = [m for m in model.modules() if isinstance(m, Conv) and type(m).forward is Conv.forward]
+    skip = {id(b.conv) for b in blocks} | {id(m.conv) for m in model.modules() if isinstance(m, DFL)}
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and id(m) not in skip]
+    handles = [m.register_forward_hook(hook) for m in blocks + convs]
+    try:
+        with torch.inference_mode():
+            return model(x)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def blocky_image(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -20,32 +20,10 @@ from argos import RegionProposals
 from argos.adapters.yolov5 import YOLOv5Adapter, letterbox
 from argos.executors.gather_scatter import GatherScatterExecutor, context_of, convert, letterbox_mask
 from argos.executors.sparse import MaskedDense, SparseContext, SparseConv2d, SparseConvBlock
-from argos.testing import randomize_bn, reference_layer_mask as ref_mask
+from argos.testing import masked_dense_reference as masked_reference, randomize_bn, reference_layer_mask as ref_mask
 
 
-# ---- an independent reference: masks by explicit cell spans, hooks that mask conv outputs ----
-
-
-def masked_reference(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, halo: float = 0.0):
-    """Run the original ``model`` with every conv output (each ultralytics ``Conv`` block's output,
-    BN and activation included) multiplied by its layer's mask."""
-    from ultralytics.nn.modules.block import DFL
-    from ultralytics.nn.modules.conv import Conv
-
-    def hook(m, inputs, out):
-        return out * ref_mask(mask, out.shape[-2], out.shape[-1], halo)[:, None].to(out.dtype)
-
-    blocks = [m for m in model.modules() if isinstance(m, Conv) and type(m).forward is Conv.forward]
-    skip = {id(b.conv) for b in blocks}
-    skip |= {id(m.conv) for m in model.modules() if isinstance(m, DFL)}
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and id(m) not in skip]
-    handles = [m.register_forward_hook(hook) for m in blocks + convs]
-    try:
-        with torch.inference_mode():
-            return model(x)
-    finally:
-        for h in handles:
-            h.remove()
+# ---- the independent reference (argos.testing): masks by explicit cell spans, hooks that mask conv outputs ----
 
 
 def random_mask(B: int, H: int, W: int, density: float, seed: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ from torch import nn
 
 from argos.executors.gather_scatter import context_of, convert
 from argos.executors.sparse import SparseContext, triton_conv
-from argos.testing import randomize_bn, reference_layer_mask as ref_mask
+from argos.testing import masked_dense_reference, randomize_bn
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -109,27 +109,6 @@ def _yolo_net(dev: torch.device) -> nn.Module:
     return randomize_bn(YOLOv5Adapter(cfg="yolov5nu.yaml").module, seed=3).to(dev).eval()
 
 
-def _masked_reference(model: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Every ultralytics ``Conv`` block's output and every other conv's output (``DFL`` aside)
-    times its layer's mask."""
-    from ultralytics.nn.modules.block import DFL
-    from ultralytics.nn.modules.conv import Conv
-
-    def hook(m, inputs, out):
-        return out * ref_mask(mask.cpu(), *out.shape[-2:])[:, None].to(out.device, out.dtype)
-
-    blocks = [m for m in model.modules() if isinstance(m, Conv) and type(m).forward is Conv.forward]
-    skip = {id(b.conv) for b in blocks} | {id(m.conv) for m in model.modules() if isinstance(m, DFL)}
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and id(m) not in skip]
-    handles = [m.register_forward_hook(hook) for m in blocks + convs]
-    try:
-        with torch.inference_mode():
-            return model(x)[0]
-    finally:
-        for h in handles:
-            h.remove()
-
-
 @pytest.mark.parametrize("kernel", ["triton", "torch"])
 def test_network_equals_masked_dense_reference(kernel):
     dev = _device()
@@ -142,7 +121,7 @@ def test_network_equals_masked_dense_reference(kernel):
     prev = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False
     try:
-        ref = _masked_reference(model, x, mask)
+        ref = masked_dense_reference(model, x, mask)[0]
         sparse = convert(model, context=SparseContext(kernel=kernel))
         ctx = context_of(sparse)
         outs, macs = [], []
@@ -170,7 +149,7 @@ def test_half_precision_network_close_to_fp32(kernel):
     model = _yolo_net(dev)
     x = torch.rand(2, 3, 256, 320, device=dev)
     mask = _blob_mask(2, 256, 320, 0.1, seed=5).to(dev)
-    ref = _masked_reference(model, x, mask)
+    ref = masked_dense_reference(model, x, mask)[0]
     sparse = convert(model, context=SparseContext(kernel=kernel)).half()
     with torch.inference_mode(), context_of(sparse).activate(mask):
         out = sparse(x.half())[0].float()

@@ -267,8 +267,8 @@ class _SparseMixin:
             _pair(conv.dilation), fused,
         )  # fmt: skip
         if act is not None and fused is None:
-            rows = out.index_select(0, plan.dst.long())
-            out.index_copy_(0, plan.dst.long(), _act_inplace(act, rows))
+            idx = plan.dst.long()
+            out.index_copy_(0, idx, _act_inplace(act, out.index_select(0, idx)))
         t2 = time.perf_counter()
         macs_per_pos = c_out * C * k[0] * k[1]
         ctx.add_macs(h * w * macs_per_pos, macs_per_pos, plan.per_image)
