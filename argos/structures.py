@@ -151,6 +151,8 @@ class RegionProposals:
             image (a video proposer's teacher key frame); the executor then skips the image.
         detections_ms (float): the part of ``time_ms`` spent producing ``detections``.
         detections_gflops (float): detector GFLOPs spent producing ``detections`` (not in ``gflops``).
+        held (Detections, optional): detections a video proposer carries from earlier frames
+            outside the proposed regions; they are added to what the executor finds there.
     """
 
     mask: torch.Tensor
@@ -161,6 +163,7 @@ class RegionProposals:
     detections: Optional["Detections"] = None
     detections_ms: float = 0.0
     detections_gflops: float = 0.0
+    held: Optional["Detections"] = None
 
     def __post_init__(self) -> None:
         self.mask = _as_tensor(self.mask, torch.bool)
@@ -187,6 +190,8 @@ class RegionProposals:
             raise ValueError(
                 f"detections are for a {self.detections.image_size} image, the mask is {self.image_size}"
             )
+        if self.held is not None and self.held.image_size != self.image_size:
+            raise ValueError(f"held detections are for a {self.held.image_size} image, the mask is {self.image_size}")
 
     @property
     def image_size(self) -> Tuple[int, int]:

@@ -75,22 +75,39 @@ class Wrapped:
         if single and targets is not None and not isinstance(targets, (list, tuple)):
             targets = [targets]
         counted0 = counting_ms()
+        # A proposer that tracks detections below the output threshold (``detect_conf``) has the
+        # detector run at its threshold; only detections at the adapter's own ``conf`` come out.
+        out_conf = getattr(self.adapter, "conf", None)
+        detect_conf = getattr(self.proposer, "detect_conf", None)
+        lowered = detect_conf is not None and out_conf is not None and detect_conf < out_conf
         t0 = time.perf_counter()
-        proposals = self.proposer.propose(batch, targets)
-        t1 = time.perf_counter()
-        # Images whose proposer already produced final detections (video key frames) skip the executor.
-        todo = [i for i, p in enumerate(proposals) if p.detections is None]
-        dets: List[Optional[Detections]] = [p.detections for p in proposals]
-        ex_gflops = [0.0] * len(batch)
-        detector_ms = sum(p.detections_ms for p in proposals)
-        if todo:
-            out = self.executor.run(self.adapter, [batch[i] for i in todo], [proposals[i] for i in todo])
-            ex = self.executor.last_stats
-            detector_ms += ex.get("detector_ms", 0.0)
-            for i, d, g in zip(todo, out, ex.get("gflops", [0.0] * len(todo))):
-                dets[i], ex_gflops[i] = d, g
+        if lowered:
+            self.adapter.conf = detect_conf
+        try:
+            proposals = self.proposer.propose(batch, targets)
+            t1 = time.perf_counter()
+            # Images whose proposer already produced final detections (video key frames) skip the executor.
+            todo = [i for i, p in enumerate(proposals) if p.detections is None]
+            dets: List[Optional[Detections]] = [p.detections for p in proposals]
+            ex_gflops = [0.0] * len(batch)
+            detector_ms = sum(p.detections_ms for p in proposals)
+            if todo:
+                out = self.executor.run(self.adapter, [batch[i] for i in todo], [proposals[i] for i in todo])
+                ex = self.executor.last_stats
+                detector_ms += ex.get("detector_ms", 0.0)
+                for i, d, g in zip(todo, out, ex.get("gflops", [0.0] * len(todo))):
+                    dets[i], ex_gflops[i] = d, g
+        finally:
+            if lowered:
+                self.adapter.conf = out_conf
+        for i, p in enumerate(proposals):
+            if p.held is not None and len(p.held) and dets[i] is not None:
+                dets[i] = Detections.cat([dets[i], p.held.to(dets[i].boxes.device)])
+        seen = dets
+        if lowered:
+            dets = [d[d.scores >= out_conf] for d in dets]
         t2 = time.perf_counter()
-        self.proposer.observe(dets)
+        self.proposer.observe(seen)
         areas = [p.area_fraction for p in proposals]
         proposer_ms = (t1 - t0) * 1e3 - sum(p.detections_ms for p in proposals)
         # First sight of an input shape makes adapter.flops() run a counting forward: bookkeeping

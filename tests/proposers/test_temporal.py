@@ -1,0 +1,128 @@
+import numpy as np
+import pytest
+import torch
+
+import argos
+from argos.proposers.temporal import TemporalProposer
+from argos.structures import Detections
+
+
+def _frame(seed=0, size=(120, 160)):
+    rng = np.random.default_rng(seed)
+    return rng.integers(60, 90, (*size, 3), dtype=np.uint8)
+
+
+def _dets(boxes, scores, size=(120, 160)):
+    return Detections(torch.tensor(boxes, dtype=torch.float32), torch.tensor(scores), torch.zeros(len(scores), dtype=torch.int64), size)
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError):
+        TemporalProposer(hold_score=0.2, track_score=0.5)
+    with pytest.raises(ValueError):
+        TemporalProposer(max_interval=0)
+    with pytest.raises(ValueError):
+        TemporalProposer(max_area=0)
+    with pytest.raises(ValueError):
+        TemporalProposer(margin=-1)
+    assert "temporal" in argos.list_proposers()
+
+
+def test_needs_its_detector_and_one_frame_per_call():
+    p = TemporalProposer()
+    with pytest.raises(RuntimeError, match="needs the detector"):
+        p.propose([_frame()])
+    with pytest.raises(ValueError, match="one frame per call"):
+        p.propose([_frame(), _frame()])
+
+
+def test_holds_sure_detections_and_proposes_unsure_ones():
+    """Between key frames: scores >= hold_score are carried, [track_score, hold_score) are looked at again."""
+    p = TemporalProposer(hold_score=0.5, track_score=0.1, margin=4, max_interval=8)
+    frame = _frame()
+    p.motion(frame)  # seed the motion gate's background, as a first frame would
+    p.since_key = 0
+    p.previous = _dets([[10, 10, 30, 40], [100, 60, 120, 90], [60, 10, 70, 20], [0, 0, 5, 5]], [0.9, 0.3, 0.05, 0.6])
+    (props,) = p.propose([frame])
+    assert props.detections is None and p.last_reason is None
+    # Only the 0.3 detection is proposed, grown by the margin; the 0.05 one is below track_score.
+    assert props.boxes.tolist() == [[96.0, 56.0, 124.0, 94.0]]
+    assert props.mask[56:94, 96:124].all() and props.mask.sum() == 28 * 38
+    # Both sure detections are held unchanged; none lies in the proposed region.
+    assert sorted(props.held.scores.tolist()) == pytest.approx([0.6, 0.9])
+    assert props.held.boxes.tolist()[0] in ([10, 10, 30, 40], [0, 0, 5, 5])
+
+
+def test_a_held_detection_inside_a_proposed_region_gives_way():
+    p = TemporalProposer(hold_score=0.5, track_score=0.1, margin=10)
+    frame = _frame()
+    p.motion(frame)
+    p.since_key = 0
+    # The sure box's centre (45, 45) is inside the unsure box grown by 10 px.
+    p.previous = _dets([[40, 40, 50, 50], [30, 30, 60, 60]], [0.9, 0.2])
+    (props,) = p.propose([frame])
+    assert len(props.held) == 0
+    assert props.mask[45, 45]
+
+
+def test_key_frames_by_interval_and_scene_change(yolov5n):
+    fast = argos.wrap(yolov5n, proposer=TemporalProposer(max_interval=3), executor="packed_crops")
+    frame = _frame(1, (96, 128))
+    reasons = []
+    for _ in range(7):
+        fast(frame)
+        reasons.append(fast.proposer.last_reason)
+    assert reasons == ["start", None, None, "interval", None, None, "interval"]
+    fast(255 - frame)  # everything changes: a cut
+    assert fast.proposer.last_reason == "scene"
+    assert fast.proposer.key_frames == 4 and fast.proposer.frames == 8
+
+
+def _pets(assets, n):
+    from argos.data.video import VideoReader
+
+    path = assets / "data/video/pets2009_s2l1_480x360.avi"
+    if not path.is_file():
+        pytest.skip(f"{path} missing")
+    return [f for _, f in VideoReader(path, limit=n)]
+
+
+def test_every_frame_a_key_frame_equals_the_unwrapped_detector(assets, yolov5n_weights):
+    """max_interval=1: the detector runs whole on every frame, so the output is the unwrapped model's."""
+    from argos.adapters.yolov5 import YOLOv5Adapter
+
+    adapter = YOLOv5Adapter(weights=str(yolov5n_weights), img_size=320, conf=0.25)
+    fast = argos.wrap(adapter, proposer=TemporalProposer(max_interval=1), executor="packed_crops")
+    for frame in _pets(assets, 3):
+        got = fast(frame)
+        (ref,) = adapter.predict([frame])
+        assert torch.equal(got.boxes, ref.boxes) and torch.equal(got.scores, ref.scores)
+        assert torch.equal(got.labels, ref.labels)
+        assert fast.last_stats.key_frames == 1
+
+
+def test_runs_the_detector_below_its_threshold_and_returns_only_above(assets, yolov5n_weights):
+    from argos.adapters.yolov5 import YOLOv5Adapter
+
+    adapter = YOLOv5Adapter(weights=str(yolov5n_weights), img_size=320, conf=0.25)
+    seen = []
+    prop = TemporalProposer(hold_score=0.3, track_score=0.05, margin=4, max_interval=4)
+    observe = prop.observe
+    prop.observe = lambda dets: (seen.append(dets[-1]), observe(dets))
+    fast = argos.wrap(adapter, proposer=prop, executor="packed_crops")
+    frames = _pets(assets, 4)
+    outs, held = [], []
+    for f in frames:
+        outs.append(fast(f))
+        h = fast.last_proposals[0].held
+        held.append(-1 if h is None else len(h))
+    assert adapter.conf == 0.25, "the adapter's own threshold must be restored"
+    # The proposer saw low-score detections; the caller gets only those at the adapter's conf.
+    assert float(seen[0].scores.min()) < 0.25 <= float(outs[0].scores.min())
+    (ref,) = adapter.predict([frames[0]])
+    assert torch.allclose(outs[0].boxes, ref.boxes) and torch.allclose(outs[0].scores, ref.scores)
+    for d in outs[1:]:
+        assert len(d) == 0 or float(d.scores.min()) >= 0.25
+    # Between key frames only part of the frame runs, and held detections come back with the executor's.
+    assert fast.last_stats.key_frames == 0 and 0.0 < fast.last_stats.area_processed < 1.0
+    assert held[0] == -1 and max(held[1:]) > 0
