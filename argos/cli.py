@@ -206,6 +206,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("pareto", help="argos beside frame skipping, lower input sizes and a smaller model, on one video")
+    p.add_argument("source", help="video file or image folder")
+    p.add_argument("--weights", required=True, help="detector checkpoint (.pt)")
+    p.add_argument("--img-size", type=int, default=640, help="reference input size (default: 640)")
+    p.add_argument("--small-weights", default=None, help="a smaller detector with the same classes")
+    p.add_argument("--sizes", type=int, nargs="*", default=None,
+                   help="lower input sizes (default: 512 416 320 for 640; 960 640 for 1280)")
+    p.add_argument("--skips", type=int, nargs="*", default=[2, 3, 4], help="frame-skip intervals")
+    p.add_argument("--argos", nargs="*", default=None, metavar="PROPOSER+EXECUTOR[:p.k=v,e.k=v]",
+                   help="argos configurations (default: the auto configuration and two variants)")
+    p.add_argument("--conf", type=float, default=0.25, help="detector score threshold")
+    p.add_argument("--start", type=int, default=0, help="first frame (e.g. a held-out block)")
+    p.add_argument("--limit", type=int, default=None, help="frames to use")
+    p.add_argument("--warmup", type=int, default=2, help="frames run but not timed or scored")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", default=None, help="points JSON (the markdown table goes next to it, .md)")
+    p.add_argument("--plot", default=None, help="PNG: agreement against speedup")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=lambda a: __import__("argos.tools.pareto", fromlist=["main"]).main(a))
+
     p = sub.add_parser("list", help="registered proposers, executors and adapters")
     p.set_defaults(func=cmd_list)
     return parser

@@ -1,0 +1,1 @@
+"""Tools built on the library: benchmarks, runs, training, calibration, the Pareto report."""
