@@ -62,23 +62,35 @@ class MotionGate:
         self._background: Optional[np.ndarray] = None
         #: the last mask at working scale (uint8 0/1), for cheap connected components
         self.last_small: Optional[np.ndarray] = None
+        #: the last blurred grey frame at working scale (float32)
+        self.last_gray: Optional[np.ndarray] = None
 
-    def __call__(self, image: np.ndarray) -> torch.Tensor:
-        """RGB image (H, W, 3) uint8 -> Tensor[H, W] bool of changed pixels."""
+    def update(self, image: np.ndarray) -> np.ndarray:
+        """RGB image (H, W, 3) uint8 -> changed pixels at working scale (uint8 0/1, ``last_small``).
+
+        Also keeps the blurred working-scale grey frame in ``last_gray`` (float32).
+        """
         h, w = image.shape[:2]
         gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
         if self.scale != 1:
             gray = cv2.resize(gray, (max(1, round(w * self.scale)), max(1, round(h * self.scale))), interpolation=cv2.INTER_AREA)
         gray = cv2.GaussianBlur(gray, (self.blur, self.blur), 0).astype(np.float32)
+        self.last_gray = gray
         if self._background is None or self._background.shape != gray.shape:
             self._background = gray.copy()
             self.last_small = np.zeros(gray.shape, np.uint8)
-            return torch.zeros(h, w, dtype=torch.bool)
+            return self.last_small
         changed = (cv2.absdiff(gray, self._background) > self.threshold).astype(np.uint8)
         cv2.accumulateWeighted(gray, self._background, self.alpha)
         if self.dilate > 1:
             changed = cv2.dilate(changed, np.ones((self.dilate, self.dilate), np.uint8))
         self.last_small = changed
+        return changed
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        """RGB image (H, W, 3) uint8 -> Tensor[H, W] bool of changed pixels."""
+        h, w = image.shape[:2]
+        changed = self.update(image)
         if changed.shape != (h, w):
             changed = cv2.resize(changed, (w, h), interpolation=cv2.INTER_NEAREST)
         return torch.from_numpy(changed.astype(bool))

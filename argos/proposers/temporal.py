@@ -54,7 +54,9 @@ class TemporalProposer(Proposer):
             consecutive frames that makes a key frame (a cut, a camera move, lights).
         motion_min_area: motion blobs with fewer frame pixels are ignored.
         motion_margin: pixels added around motion blobs.
-        motion: the frame-difference gate; ``None`` uses :class:`MotionGate` defaults.
+        motion: the frame-difference gate; ``None`` uses :class:`MotionGate` defaults, at half the
+            frame size, or at ``motion_width`` pixels wide for frames wider than twice that.
+        motion_width: widest working size of the default gate (HD frames: cost stays flat).
     """
 
     needs_detector = True
@@ -70,6 +72,7 @@ class TemporalProposer(Proposer):
         motion_min_area: int = 256,
         motion_margin: int = 8,
         motion: Optional[MotionGate] = None,
+        motion_width: int = 400,
     ) -> None:
         super().__init__(dilation=0, min_area=0, mask_mode="boxes")
         if not 0.0 <= track_score <= hold_score <= 1.0:
@@ -84,6 +87,10 @@ class TemporalProposer(Proposer):
         self.margin, self.max_interval, self.max_area = int(margin), int(max_interval), float(max_area)
         self.scene_change, self.motion_min_area = float(scene_change), int(motion_min_area)
         self.motion_margin = int(motion_margin)
+        if motion_width < 16:
+            raise ValueError(f"motion_width must be >= 16 pixels, got {motion_width}")
+        self._own_gate = motion is None
+        self.motion_width = int(motion_width)
         self.motion = motion or MotionGate()
         self.adapter = None
         self.reset()
@@ -121,26 +128,24 @@ class TemporalProposer(Proposer):
 
     # -- proposals -------------------------------------------------------------------------------
 
-    def _scene_changed(self, image: np.ndarray) -> bool:
-        small = self.motion._background
-        if small is None:
+    def _scene_changed(self) -> bool:
+        """Mean grey-level change since the last frame, on the motion gate's blurred small frame."""
+        gray = self.motion.last_gray
+        last, self._last_gray = self._last_gray, gray
+        if last is None or gray is None or last.shape != gray.shape:
             return False
-        h, w = small.shape
-        gray = cv2.resize(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), (w, h), interpolation=cv2.INTER_AREA)
-        gray = gray.astype(np.float32)
-        changed = self._last_gray is not None and float(np.abs(gray - self._last_gray).mean()) > self.scene_change
-        self._last_gray = gray
-        return changed
+        return float(cv2.absdiff(gray, last).mean()) > self.scene_change
 
-    def _newcomer_boxes(self, covered: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-        """Motion blobs (frame pixels, Tensor[K, 4]) that lie mostly outside ``covered``."""
+    def _newcomer_boxes(self, covering: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        """Motion blobs (frame pixels, Tensor[K, 4]) that lie mostly outside the ``covering`` boxes."""
         small = self.motion.last_small
         if small is None or not small.any():
             return torch.zeros(0, 4)
         gh, gw = small.shape
         sy, sx = size[0] / gh, size[1] / gw
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(small.astype(np.uint8), connectivity=8)
-        cov = cv2.resize(covered.numpy().astype(np.uint8), (gw, gh), interpolation=cv2.INTER_NEAREST).astype(bool)
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(small, connectivity=8)
+        # The covered area at the gate's scale: cheap, and the test below is a majority vote anyway.
+        cov = boxes_to_mask(covering * torch.tensor([1 / sx, 1 / sy, 1 / sx, 1 / sy]), (gh, gw)).numpy()
         inside = np.bincount(labels[cov].ravel(), minlength=n)
         boxes = []
         for i in range(1, n):
@@ -175,8 +180,10 @@ class TemporalProposer(Proposer):
         """Proposals for the next frame of the video (see the module docstring)."""
         t0 = time.perf_counter()
         size = (int(image.shape[0]), int(image.shape[1]))
-        self.motion(image)
-        scene = self._scene_changed(image)
+        if self._own_gate and self.since_key is None:
+            self.motion.scale = min(0.5, self.motion_width / size[1])
+        self.motion.update(image)
+        scene = self._scene_changed()
         self.frames += 1
         prev = self.previous
         if prev is not None and prev.image_size != size:
@@ -191,10 +198,9 @@ class TemporalProposer(Proposer):
         unsure = (~sure) & (prev.scores >= self.track_score)
         held = prev[sure]
         tracked = dilate_boxes(prev.boxes[unsure], self.margin, size) if bool(unsure.any()) else torch.zeros(0, 4)
-        covered = boxes_to_mask(torch.cat([held.boxes, tracked]), size)
-        boxes = torch.cat([tracked, self._newcomer_boxes(covered, size)])
+        boxes = torch.cat([tracked, self._newcomer_boxes(torch.cat([held.boxes, tracked]), size)])
         mask = boxes_to_mask(boxes, size)
-        if float(mask.float().mean()) > self.max_area:
+        if int(mask.count_nonzero()) > self.max_area * mask.numel():
             return self._key_frame(image, t0, "area")
         if len(held):
             cx = ((held.boxes[:, 0] + held.boxes[:, 2]) / 2).long().clamp(0, size[1] - 1)
