@@ -177,6 +177,20 @@ def _is_ultralytics_yolo(obj: Any) -> bool:
     return any(c.__module__.startswith("ultralytics") and c.__name__ in ("YOLO", "Model") for c in type(obj).__mro__)
 
 
+#: what ``proposer="auto"`` / ``executor="auto"`` mean for detectors on video: the configuration
+#: that measured best (benchmarks/RESULTS.md, tuned on PETS and the first 100 HD frames).
+AUTO = {"proposer": "temporal", "executor": "packed_crops"}
+
+
+def _resolve_auto(spec, kind: str, adapter) -> Any:
+    if not (isinstance(spec, str) and spec == "auto"):
+        return spec
+    if getattr(adapter, "task", "detection") != "detection":
+        raise ValueError(f'{kind}="auto" is defined for detectors only; name a {kind} for a '
+                         f'{adapter.task} model (see argos.list_{kind}s())')
+    return AUTO[kind]
+
+
 def _build(registry, spec, base, kwargs):
     if isinstance(spec, base):
         if kwargs:
@@ -201,12 +215,13 @@ def wrap(
 
     Args:
         detector: adapter name, checkpoint path, ultralytics ``YOLO``, yolov5 hub model or Adapter.
-        proposer, executor: registered names or instances.
+        proposer, executor: registered names or instances; ``"auto"`` picks the measured best for
+            detectors on video (:data:`AUTO`: temporal proposer, packed crops).
         proposer_kwargs, executor_kwargs: options for the named proposer / executor.
         channel_order: ``"rgb"`` or ``"bgr"`` for numpy frames.
         **adapter_kwargs: options for the adapter (``weights``, ``img_size``, ``conf``, ...).
     """
     adapter = build_adapter(detector, **adapter_kwargs)
-    prop = _build(PROPOSERS, proposer, Proposer, proposer_kwargs or {})
-    ex = _build(EXECUTORS, executor, Executor, executor_kwargs or {})
+    prop = _build(PROPOSERS, _resolve_auto(proposer, "proposer", adapter), Proposer, proposer_kwargs or {})
+    ex = _build(EXECUTORS, _resolve_auto(executor, "executor", adapter), Executor, executor_kwargs or {})
     return Wrapped(adapter, prop, ex, channel_order=channel_order)

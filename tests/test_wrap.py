@@ -73,3 +73,14 @@ def test_adapter_class_ids(yolov5n):
     assert yolov5n.class_ids(None) is None
     with pytest.raises(ValueError, match="unknown class"):
         yolov5n.class_ids(["persn"])
+
+
+def test_auto_is_the_measured_default(pspnet18):
+    from argos.adapters.yolov5 import YOLOv5Adapter
+    from argos.executors.packed_crops import PackedCropsExecutor
+    from argos.proposers.temporal import TemporalProposer
+
+    fast = argos.wrap(YOLOv5Adapter(cfg="yolov5nu.yaml", img_size=64), proposer="auto", executor="auto")
+    assert isinstance(fast.proposer, TemporalProposer) and isinstance(fast.executor, PackedCropsExecutor)
+    with pytest.raises(ValueError, match="detectors only"):
+        argos.wrap(pspnet18, proposer="auto", executor="masked")

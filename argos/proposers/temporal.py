@@ -66,7 +66,7 @@ class TemporalProposer(Proposer):
         hold_score: float = 0.5,
         track_score: float = 0.1,
         margin: int = 16,
-        max_interval: int = 8,
+        max_interval: int = 4,
         max_area: float = 0.6,
         scene_change: float = 20.0,
         motion_min_area: int = 256,

@@ -317,8 +317,8 @@ def write_outputs(result: Dict[str, Any], json_path: Optional[str], plot_path: O
 #: what ``argos pareto`` runs when no ``--argos`` is given: the auto configuration and two variants.
 DEFAULT_CONFIGS = (
     "temporal+packed_crops",
-    "temporal+packed_crops:p.max_interval=4",
-    "temporal+packed_crops:p.max_interval=16",
+    "temporal+packed_crops:p.max_interval=8",
+    "temporal+packed_crops:p.hold_score=0.7",
 )
 
 
