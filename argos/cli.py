@@ -152,6 +152,12 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_pareto(args) -> int:
+    from argos.tools.pareto import main as pareto_main
+
+    return pareto_main(args)
+
+
 def cmd_list(args) -> int:
     import argos
 
@@ -224,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="points JSON (the markdown table goes next to it, .md)")
     p.add_argument("--plot", default=None, help="PNG: agreement against speedup")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=lambda a: __import__("argos.tools.pareto", fromlist=["main"]).main(a))
+    p.set_defaults(func=cmd_pareto)
 
     p = sub.add_parser("list", help="registered proposers, executors and adapters")
     p.set_defaults(func=cmd_list)

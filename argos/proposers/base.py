@@ -55,6 +55,22 @@ class Proposer(abc.ABC):
         """Called once by :class:`argos.Wrapped` with the wrapped detector (video proposers use
         it as a teacher); the default ignores it."""
 
+    def detect_whole(self, image: np.ndarray):
+        """Run the bound detector on the whole image (a video proposer's key frame).
+
+        Returns ``(detections, ms, gflops)``; needs :meth:`bind` (``argos.wrap`` calls it).
+        """
+        adapter = getattr(self, "adapter", None)
+        if adapter is None:
+            raise RuntimeError(f"the {type(self).__name__} needs the detector (its teacher on key frames): "
+                               "use argos.wrap(...) or call bind(adapter)")
+        t0 = time.perf_counter()
+        batch, metas = adapter.preprocess([image])
+        with torch.inference_mode():
+            (dets,) = adapter.postprocess(adapter.forward(batch), metas)
+        ms = (time.perf_counter() - t0) * 1e3
+        return dets, ms, adapter.flops((int(batch.shape[-2]), int(batch.shape[-1])))
+
     def observe(self, detections) -> None:
         """Called after each call with the final detections (one per image), so video
         proposers can track what was found; the default ignores them."""

@@ -302,15 +302,8 @@ class DistillProposer(Proposer):
         return dilate_boxes(keep.boxes, self.track_margin, size)
 
     def _key_frame(self, image: np.ndarray, x: torch.Tensor, proposal: torch.Tensor, t0: float) -> RegionProposals:
-        if self.adapter is None:
-            raise RuntimeError("the distill proposer needs its teacher: use argos.wrap(...) or call bind(adapter)")
         size = image.shape[:2]
-        t_teacher = time.perf_counter()
-        batch, metas = self.adapter.preprocess([image])
-        with torch.inference_mode():
-            (dets,) = self.adapter.postprocess(self.adapter.forward(batch), metas)
-        teacher_ms = (time.perf_counter() - t_teacher) * 1e3
-        teacher_gflops = self.adapter.flops((int(batch.shape[-2]), int(batch.shape[-1])))
+        dets, teacher_ms, teacher_gflops = self.detect_whole(image)
         confident = dets[dets.scores >= self.teacher_score]
         target_full = boxes_to_mask(confident.boxes, size)
         # Score the proposal argos would have made without the teacher, before the student

@@ -159,17 +159,8 @@ class TemporalProposer(Proposer):
         return dilate_boxes(torch.tensor(boxes, dtype=torch.float32).round(), self.motion_margin, size)
 
     def _key_frame(self, image: np.ndarray, t0: float, reason: str) -> RegionProposals:
-        if self.adapter is None:
-            raise RuntimeError("the temporal proposer needs the detector: use argos.wrap(...) or call bind(adapter)")
-        size = image.shape[:2]
-        t_det = time.perf_counter()
-        batch, metas = self.adapter.preprocess([image])
-        with torch.inference_mode():
-            (dets,) = self.adapter.postprocess(self.adapter.forward(batch), metas)
-        det_ms = (time.perf_counter() - t_det) * 1e3
-        props = RegionProposals.full(size)
-        props.detections, props.detections_ms = dets, det_ms
-        props.detections_gflops = self.adapter.flops((int(batch.shape[-2]), int(batch.shape[-1])))
+        props = RegionProposals.full(image.shape[:2])
+        props.detections, props.detections_ms, props.detections_gflops = self.detect_whole(image)
         props.time_ms = (time.perf_counter() - t0) * 1e3
         self.key_frames += 1
         self.since_key = 0

@@ -150,10 +150,7 @@ def run_pareto(
     """
     from tqdm import tqdm
 
-    from argos.wrap import Wrapped, _build
-    from argos.executors.base import Executor
-    from argos.proposers.base import Proposer
-    from argos.registry import EXECUTORS, PROPOSERS
+    from argos.wrap import wrap
 
     if small is not None and dict(small.names) != dict(baseline.names):
         raise ValueError("the small model's classes differ from the big model's: agreement would compare "
@@ -162,10 +159,8 @@ def run_pareto(
         raise ValueError("lower sizes need build_lower(size) -> adapter")
     methods: List[Tuple[str, Dict[str, Any], Any]] = []
     for cfg in argos_configs:
-        prop = _build(PROPOSERS, cfg.proposer, Proposer, dict(cfg.proposer_kwargs))
-        ex = _build(EXECUTORS, cfg.executor, Executor, dict(cfg.executor_kwargs))
-        wrapped = Wrapped(baseline, prop, ex)
-        prop.reset()
+        wrapped = wrap(baseline, cfg.proposer, cfg.executor, proposer_kwargs=dict(cfg.proposer_kwargs),
+                       executor_kwargs=dict(cfg.executor_kwargs))
         methods.append(("argos", {"config": cfg.label, "proposer": cfg.proposer, "executor": cfg.executor,
                                   **{f"p.{k}": v for k, v in cfg.proposer_kwargs.items()},
                                   **{f"e.{k}": v for k, v in cfg.executor_kwargs.items()}}, wrapped))
