@@ -172,7 +172,7 @@ class RegionProposals:
         if self.mask.shape[0] == 0 or self.mask.shape[1] == 0:
             raise ValueError(f"mask must be non-empty, got shape {tuple(self.mask.shape)}")
         if self.boxes is None:
-            from argos.proposers.boxes import mask_to_boxes
+            from argos.geometry import mask_to_boxes
 
             self.boxes = mask_to_boxes(self.mask)
         self.boxes = _as_tensor(self.boxes, torch.float32)

@@ -35,7 +35,7 @@ def reference_layer_mask(mask: torch.Tensor, h: int, w: int, halo: float = 0.0) 
     Bool Tensor[B, H, W] -> [B, h, w]: cell (i, j) is active if any pixel of its span
     [floor(i*H/h), ceil((i+1)*H/h)) x (same for columns) is; then a (2r+1)^2 box dilation with
     r = ceil(halo * h / H) rows (and the same for columns). Written independently of
-    :mod:`argos.executors.sparse.masks`, which it checks.
+    :mod:`argos.sparse.masks`, which it checks.
     """
     m = mask.numpy()
     B, H, W = m.shape

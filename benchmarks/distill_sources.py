@@ -38,7 +38,7 @@ def main() -> None:
     from argos.assets import assets_dir
     from argos.cli import parse_kv
     from argos.data.video import VideoReader
-    from argos.proposers.boxes import boxes_to_mask
+    from argos.geometry import boxes_to_mask
     from argos.proposers.distill import DistillProposer
     from argos.structures import Detections
 

@@ -70,7 +70,7 @@ def frame_masks(B: int, h: int, w: int, density: float, seed: int) -> torch.Tens
 
 def run_layers(args, device) -> List[Dict]:
     from argos.executors.gather_scatter import context_of, convert
-    from argos.executors.sparse import SparseContext, triton_conv
+    from argos.sparse import SparseContext, triton_conv
 
     rows = []
     shapes = [SHAPES[i] for i in args.shapes] if args.shapes else SHAPES
@@ -133,7 +133,7 @@ def run_layers(args, device) -> List[Dict]:
 def run_network(args, device) -> List[Dict]:
     from argos.adapters.yolov5 import YOLOv5Adapter
     from argos.executors.gather_scatter import context_of, convert
-    from argos.executors.sparse import SparseContext
+    from argos.sparse import SparseContext
 
     s = 128 if args.quick else args.img_size
     cfg = "yolov5nu.yaml" if args.quick else args.cfg

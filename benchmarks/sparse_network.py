@@ -63,7 +63,7 @@ def main() -> None:
 
     from argos.adapters.yolov5 import YOLOv5Adapter
     from argos.executors.gather_scatter import context_of, convert
-    from argos.executors.sparse.masks import SparseContext
+    from argos.sparse.masks import SparseContext
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

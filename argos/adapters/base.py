@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from argos.fusion import fold_batchnorm_params
 from argos.structures import Detections
 
 __all__ = ["Adapter", "check_batch", "fold_batchnorm_params"]
@@ -107,24 +108,3 @@ def check_batch(images: Sequence[np.ndarray]) -> None:
         if not (isinstance(im, np.ndarray) and im.ndim == 3 and im.shape[2] == 3 and im.dtype == np.uint8):
             desc = f"{im.dtype} {im.shape}" if isinstance(im, np.ndarray) else type(im).__name__
             raise ValueError(f"image {k}: expected ndarray[H, W, 3] uint8 RGB, got {desc}")
-
-
-def fold_batchnorm_params(
-    weight: torch.Tensor, bias: Optional[torch.Tensor], bn: nn.BatchNorm2d
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(weight, bias)`` of one conv computing ``bn(conv(x))`` with ``bn``'s eval statistics.
-
-    Per output channel ``s = g / sqrt(v + eps)``: ``w' = w * s``, ``b' = beta + (b - m) * s``.
-    Computed in fp32 (rounding the scale first would cost half models accuracy) and returned in
-    ``weight``'s dtype, detached.
-    """
-    with torch.no_grad():
-        scale = bn.running_var.float().add(bn.eps).rsqrt()
-        if bn.weight is not None:
-            scale = scale * bn.weight.float()
-        shift = -bn.running_mean.float() * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias.float()
-        if bias is not None:
-            shift = shift + bias.float() * scale
-        return (weight.float() * scale.view(-1, 1, 1, 1)).to(weight.dtype), shift.to(weight.dtype)

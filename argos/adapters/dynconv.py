@@ -7,7 +7,7 @@ the gate is on: ``out = relu(identity + mask * branch(x))``.
 - Training: the mask is a Gumbel-sigmoid sample of the logit, hard 0/1 in the forward pass with
   the soft sample's gradient (straight-through); the branch runs densely and is multiplied by it.
 - Inference: ``mask = logit > 0``; the branch's convs run through argos' gather-scatter layers
-  (:class:`~argos.executors.sparse.SparseConvBlock`, BatchNorm folded), so only the active
+  (:class:`~argos.sparse.SparseConvBlock`, BatchNorm folded), so only the active
   positions are computed.
 
 The branch's first conv feeds a 3x3 conv, so it must also run on the 3x3 neighbours of the
@@ -49,7 +49,7 @@ from torch import nn
 
 from argos.adapters.resnet_yolo import ResNetYOLO, ResNetYOLOAdapter, ResNetYOLOConfig
 from argos.adapters.yolo_loss import YOLOLoss
-from argos.executors.sparse import SparseContext, SparseConvBlock
+from argos.sparse import SparseContext, SparseConvBlock
 
 __all__ = [
     "DynConvConfig",

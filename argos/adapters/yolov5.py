@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from argos.adapters.base import Adapter, check_batch, fold_batchnorm_params
+from argos.adapters.base import Adapter, check_batch
+from argos.fusion import fold_batchnorm_params
 from argos.structures import Detections
 
 __all__ = [
@@ -204,7 +205,7 @@ def fold_batchnorm(module: nn.Module) -> int:
     convolution, in place; the block's ``bn`` becomes ``nn.Identity`` (its forward stays
     ``act(bn(conv(x)))``). Returns the number of blocks folded.
 
-    The same outputs up to float rounding (:func:`~argos.adapters.base.fold_batchnorm_params`),
+    The same outputs up to float rounding (:func:`~argos.fusion.fold_batchnorm_params`),
     one op less per block. For inference only: the folded model has no BatchNorm statistics
     left to train.
     """

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 from argos.adapters.base import Adapter
 from argos.executors.base import Executor, check_background, is_segmentation, keep_inside
-from argos.executors.sparse import SparseContext, SparseConv2d, context_of, convert, sparse_layers
-from argos.executors.sparse.masks import KERNELS
+from argos.sparse import SparseContext, SparseConv2d, context_of, convert, sparse_layers
+from argos.sparse.masks import KERNELS
 from argos.structures import Detections, RegionProposals
 
 __all__ = ["GatherScatterExecutor", "convert", "context_of", "sparse_layers", "SparseContext", "letterbox_mask"]

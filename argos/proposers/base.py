@@ -8,7 +8,7 @@ from typing import Any, List, Optional, Sequence
 import numpy as np
 import torch
 
-from argos.proposers.boxes import Dilation, boxes_to_mask, mask_to_boxes
+from argos.geometry import Dilation, boxes_to_mask, mask_to_boxes
 from argos.structures import RegionProposals
 
 __all__ = ["Proposer"]

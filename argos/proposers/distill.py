@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from argos.proposers.base import Proposer
-from argos.proposers.boxes import Dilation, boxes_to_mask, dilate_boxes, mask_to_boxes
+from argos.geometry import Dilation, boxes_to_mask, dilate_boxes, mask_to_boxes
 from argos.structures import Detections, RegionProposals
 
 __all__ = ["DistillProposer", "MotionGate", "TinyStudent", "KeyFramePolicy"]

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from argos.proposers.base import Proposer
-from argos.proposers.boxes import Dilation
+from argos.geometry import Dilation
 
 __all__ = ["MotionProposer"]
 

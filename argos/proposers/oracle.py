@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from argos.proposers.base import Proposer
-from argos.proposers.boxes import Dilation, boxes_to_mask
+from argos.geometry import Dilation, boxes_to_mask
 
 __all__ = ["OracleProposer"]
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from argos.proposers.base import Proposer
-from argos.proposers.boxes import boxes_to_mask, dilate_boxes
+from argos.geometry import boxes_to_mask, dilate_boxes
 from argos.proposers.distill import MotionGate
 from argos.structures import Detections, RegionProposals
 

@@ -19,7 +19,7 @@ import argos
 from argos import RegionProposals
 from argos.adapters.yolov5 import YOLOv5Adapter, letterbox
 from argos.executors.gather_scatter import GatherScatterExecutor, context_of, convert, letterbox_mask
-from argos.executors.sparse import MaskedDense, SparseContext, SparseConv2d, SparseConvBlock
+from argos.sparse import MaskedDense, SparseContext, SparseConv2d, SparseConvBlock
 from argos.testing import masked_dense_reference as masked_reference, randomize_bn, reference_layer_mask as ref_mask
 
 
@@ -108,7 +108,7 @@ def test_halo_grows_each_layer_mask(halo):
 @pytest.mark.parametrize("size", [(64, 96, 32, 48), (64, 96, 8, 8), (37, 29, 19, 15), (40, 40, 5, 40)])
 @pytest.mark.parametrize("halo", [0.0, 4.0, 17.0])
 def test_layer_masks_and_tile_counts_equal_the_reference(size, halo):
-    from argos.executors.sparse.masks import _tile_any, layer_mask
+    from argos.sparse.masks import _tile_any, layer_mask
 
     H, W, h, w = size
     mask = random_mask(2, H, W, 0.05, seed=H + w)
@@ -436,7 +436,7 @@ def test_empty_and_mixed_batches(yolov5n_own, coco128):
 
 
 def test_inactive_cells_score_zero_in_ultralytics_heads():
-    from argos.executors.sparse.masks import layer_mask
+    from argos.sparse.masks import layer_mask
 
     adapter = YOLOv5Adapter(cfg="yolov5nu.yaml", img_size=128, conf=0.0)
     ex = GatherScatterExecutor()

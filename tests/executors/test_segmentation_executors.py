@@ -13,7 +13,7 @@ from argos.adapters.pspnet import PoolBranch, PSPNetAdapter
 from argos.executors.gather_scatter import GatherScatterExecutor, context_of, convert, letterbox_mask
 from argos.executors.masked import MaskedExecutor
 from argos.executors.packed_crops import PackedCropsExecutor
-from argos.executors.sparse import SparseConv2d
+from argos.sparse import SparseConv2d
 from argos.testing import blocky_image as image, reference_layer_mask as ref_mask
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import argos
-from argos.proposers.boxes import boxes_to_mask
+from argos.geometry import boxes_to_mask
 
 
 def test_full_covers_everything():

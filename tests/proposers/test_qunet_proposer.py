@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import argos
-from argos.proposers.boxes import boxes_to_mask
+from argos.geometry import boxes_to_mask
 from argos.proposers.qunet.bench import ProposerBenchConfig, run_bench_proposer
 from argos.proposers.qunet.checkpoint import save_checkpoint, shipped_weights
 from argos.proposers.qunet.model import QUNet, QUNetConfig, flop_breakdown

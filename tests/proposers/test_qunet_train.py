@@ -135,7 +135,7 @@ def test_main_on_coco(coco128, tmp_path):
 
 
 def test_self_supervised_targets_are_the_detectors_boxes(yolov5n, coco128):
-    from argos.proposers.boxes import boxes_to_mask
+    from argos.geometry import boxes_to_mask
     from argos.proposers.qunet.targets import detector_samples
 
     with_people = [i for i in range(len(coco128)) if (coco128.targets(i)["labels"] == 1).any()][:2]

@@ -1,9 +1,9 @@
-"""Block-sparse convolution for the ``gather_scatter`` executor (pure PyTorch)."""
-from argos.executors.sparse.conv import MaskedDense, SparseConv2d, SparseConvBlock
-from argos.executors.sparse.convert import context_of, convert, sparse_layers
-from argos.executors.sparse.masks import SparseContext, layer_mask
+"""Deprecated path: sparse convolution moved to :mod:`argos.sparse` (one release of grace)."""
+import warnings
 
-__all__ = [
-    "convert", "context_of", "sparse_layers", "SparseContext", "layer_mask",
-    "SparseConv2d", "SparseConvBlock", "MaskedDense",
-]  # fmt: skip
+from argos.sparse import *  # noqa: F401,F403
+from argos.sparse import __all__  # noqa: F401
+
+__deprecated_shim__ = True
+warnings.warn("argos.executors.sparse is deprecated and will be removed in the next release; "
+              "import argos.sparse instead", DeprecationWarning, stacklevel=2)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from argos.proposers.base import Proposer
-from argos.proposers.boxes import Dilation, boxes_to_mask, dilate_boxes
+from argos.geometry import Dilation, boxes_to_mask, dilate_boxes
 from argos.proposers.qunet.checkpoint import CheckpointInfo, load_checkpoint
 from argos.proposers.qunet.model import QUNet, QUNetConfig, flop_breakdown
 from argos.structures import RegionProposals

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import torch
 
-from argos.proposers.boxes import boxes_to_mask
+from argos.geometry import boxes_to_mask
 
 __all__ = ["MaskSample", "parse_range", "coco_samples", "cityscapes_samples", "teacher_samples", "detector_samples",
            "read_video_frames", "video_frame_count", "read_image_folder"]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from argos.proposers.boxes import adaptive_margin, boxes_to_mask, dilate_boxes, mask_to_boxes
+from argos.geometry import adaptive_margin, boxes_to_mask, dilate_boxes, mask_to_boxes
 
 
 def test_components_become_exact_boxes():

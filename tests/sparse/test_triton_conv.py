@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from argos.executors.gather_scatter import context_of, convert
-from argos.executors.sparse import SparseContext, triton_conv
+from argos.sparse import SparseContext, triton_conv
 from argos.testing import masked_dense_reference, randomize_bn
 
 HAS_CUDA = torch.cuda.is_available()

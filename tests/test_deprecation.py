@@ -1,0 +1,48 @@
+"""Old import paths keep working for one release, warn, and give the very same objects."""
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+# old path -> (new path, one public name both must give)
+MOVED = {
+    "argos.proposers.boxes": ("argos.geometry", "mask_to_boxes"),
+    "argos.executors.sparse.conv": ("argos.sparse.conv", "SparseConv2d"),
+    "argos.executors.sparse.convert": ("argos.sparse.convert", "convert"),
+    "argos.executors.sparse.masks": ("argos.sparse.masks", "SparseContext"),
+}
+
+
+@pytest.mark.parametrize("old", sorted(MOVED))
+def test_old_path_warns_and_aliases(old):
+    new, name = MOVED[old]
+    # A fresh interpreter: the alias is made once per process, at the first import.
+    code = (
+        "import warnings, importlib\n"
+        f"new = importlib.import_module({new!r})\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        f"    old = importlib.import_module({old!r})\n"
+        "for w in caught:\n"
+        "    if w.category is DeprecationWarning: print('WARNED', w.message)\n"
+        f"assert getattr(old, {name!r}) is getattr(new, {name!r})\n"
+        "print('SAME')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert any(line.startswith(f"WARNED {old} is deprecated") and line.endswith(f"import {new} instead")
+               for line in out.stdout.splitlines()), out.stdout
+    assert "SAME" in out.stdout
+
+
+def test_old_sparse_package_keeps_its_names():
+    with pytest.warns(DeprecationWarning, match="argos.sparse"):
+        sys.modules.pop("argos.executors.sparse", None)
+        old = importlib.import_module("argos.executors.sparse")
+    import argos.sparse as new
+
+    assert old.convert is new.convert and old.SparseContext is new.SparseContext
+    assert sorted(old.__all__) == sorted(new.__all__)
