@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import runpy
 import sys
 import warnings
 
@@ -14,6 +15,13 @@ def moved(old: str, new: str) -> None:
     Called from the shim file at ``old``; afterwards ``sys.modules[old] is sys.modules[new]``, so
     classes keep one identity whichever path a user imported them by.
     """
+    if old == "__main__":  # ``python -m old.path``: run the new module as the script
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        name = spec.name if spec is not None else old
+        warnings.warn(f"python -m {name} is deprecated and will be removed in the next release; "
+                      f"use python -m {new}", DeprecationWarning, stacklevel=2)
+        runpy.run_module(new, run_name="__main__", alter_sys=True)
+        return
     warnings.warn(f"{old} is deprecated and will be removed in the next release; import {new} instead",
                   DeprecationWarning, stacklevel=3)
     sys.modules[old] = importlib.import_module(new)

@@ -2,27 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
+from argos.tools.options import parse_kv  # noqa: F401  (also importable from here, as before)
+
 __all__ = ["main"]
-
-
-def parse_kv(items: Optional[List[str]]) -> dict:
-    """``["dilation=8", "source=masks"]`` -> ``{"dilation": 8, "source": "masks"}`` (JSON values)."""
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"expected KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def _add_bench_args(p: argparse.ArgumentParser) -> None:
@@ -63,7 +50,7 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args):
-    from argos.bench import BenchConfig
+    from argos.tools.bench import BenchConfig
 
     if args.video is None and (args.images is None or (args.annotations is None and args.dataset != "cityscapes")):
         raise ValueError("give --images and --annotations, or --video")
@@ -80,7 +67,7 @@ def _config(args):
 
 
 def cmd_bench(args) -> int:
-    from argos.bench import format_table, run_bench, write_json
+    from argos.tools.bench import format_table, run_bench, write_json
 
     result = run_bench(_config(args), progress=not args.no_progress)
     print(format_table(result))
@@ -92,7 +79,7 @@ def cmd_bench(args) -> int:
 
 def cmd_demo(args) -> int:
     from argos.assets import AssetMissing, asset_path
-    from argos.bench import BenchConfig, format_table, run_bench, write_json
+    from argos.tools.bench import BenchConfig, format_table, run_bench, write_json
     from argos.viz import draw_overlay, save_grid
 
     try:
@@ -118,8 +105,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from argos.bench import adapter_kwargs_for
-    from argos.run import RunConfig, run_stream
+    from argos.tools.bench import adapter_kwargs_for
+    from argos.tools.run import RunConfig, run_stream
     from argos.wrap import wrap
 
     if args.threads:
@@ -173,12 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     # These two hand their arguments to the QU-Net modules' own parsers (see their --help).
     p = sub.add_parser("train", help="train a proposer: argos train qunet --help", add_help=False)
     p.add_argument("model", choices=["qunet"])
-    p.set_defaults(func=_forward("argos.proposers.qunet.train"))
+    p.set_defaults(func=_forward("argos.tools.qunet.train"))
     p = sub.add_parser("bench-proposer", help="regions detected, area, GFLOPs and latency of a proposer", add_help=False)
-    p.set_defaults(func=_forward("argos.proposers.qunet.bench"))
+    p.set_defaults(func=_forward("argos.tools.qunet.bench"))
     p = sub.add_parser("export", help="export a proposer to ONNX: argos export qunet --help", add_help=False)
     p.add_argument("model", choices=["qunet"])
-    p.set_defaults(func=_forward("argos.proposers.qunet.export"))
+    p.set_defaults(func=_forward("argos.tools.qunet.export"))
     p = sub.add_parser("bench", help="baseline vs argos, interleaved, on a COCO-format dataset")
     _add_bench_args(p)
     p.set_defaults(func=cmd_bench)

@@ -36,7 +36,7 @@ def main() -> None:
 
     from argos.adapters.yolov5 import YOLOv5Adapter
     from argos.assets import assets_dir
-    from argos.cli import parse_kv
+    from argos.tools.options import parse_kv
     from argos.data.video import VideoReader
     from argos.geometry import boxes_to_mask
     from argos.proposers.distill import DistillProposer

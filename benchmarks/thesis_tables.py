@@ -73,7 +73,7 @@ THESIS = {
 def bench(model: Model, proposer: str, executor: str, args, assets: Path) -> Dict[str, Any]:
     import torch
 
-    from argos.bench import BenchConfig, run_bench
+    from argos.tools.bench import BenchConfig, run_bench
 
     # Random-init models: the same weights in every run, so rows (and reruns) compare.
     torch.manual_seed(args.seed)
@@ -208,7 +208,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 continue
             print(f"== {key}", flush=True)
             result = bench(m, proposer, executor, args, assets)
-            from argos.bench import write_json
+            from argos.tools.bench import write_json
 
             write_json(result, str(path))
             runs[key] = json.loads(path.read_text())

@@ -13,6 +13,11 @@ MOVED = {
     "argos.executors.sparse.conv": ("argos.sparse.conv", "SparseConv2d"),
     "argos.executors.sparse.convert": ("argos.sparse.convert", "convert"),
     "argos.executors.sparse.masks": ("argos.sparse.masks", "SparseContext"),
+    "argos.bench": ("argos.tools.bench", "run_bench"),
+    "argos.run": ("argos.tools.run", "run_stream"),
+    "argos.proposers.qunet.train": ("argos.tools.qunet.train", "train"),
+    "argos.proposers.qunet.bench": ("argos.tools.qunet.bench", "run_bench_proposer"),
+    "argos.proposers.qunet.export": ("argos.tools.qunet.export", "compare_onnx"),
 }
 
 
@@ -46,3 +51,12 @@ def test_old_sparse_package_keeps_its_names():
 
     assert old.convert is new.convert and old.SparseContext is new.SparseContext
     assert sorted(old.__all__) == sorted(new.__all__)
+
+
+def test_old_module_path_still_runs_as_a_script():
+    out = subprocess.run([sys.executable, "-W", "always::DeprecationWarning", "-m", "argos.proposers.qunet.bench",
+                          "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "usage:" in out.stdout
+    assert "python -m argos.proposers.qunet.bench is deprecated" in out.stderr
+    assert "python -m argos.tools.qunet.bench" in out.stderr

@@ -32,7 +32,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "argos"
 
 LAYERS: Sequence[Tuple[str, ...]] = (
     ("argos.structures", "argos.registry", "argos.io", "argos.geometry", "argos.fusion",
-     "argos.assets", "argos.viz", "argos.testing", "argos._deprecation", "argos.bench", "argos.run"),
+     "argos.assets", "argos.viz", "argos.testing", "argos._deprecation"),
     ("argos.data", "argos.metrics"),
     ("argos.sparse",),
     ("argos.adapters",),
@@ -194,8 +194,9 @@ def test_no_upward_imports_and_no_cycles():
 
 
 def test_every_module_is_in_a_layer():
-    for module in module_files(PACKAGE_ROOT):
-        unit_of(module)
+    for module, path in module_files(PACKAGE_ROOT).items():
+        if not is_shim(path):
+            unit_of(module)
 
 
 def _tree(tmp_path: Path, files: Dict[str, str]) -> Path:

@@ -20,13 +20,10 @@ full-frame input the method processes) and ``proposer_ms`` (mean per frame).
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
-
-import torch
 
 from argos.structures import Detections
 

@@ -433,7 +433,7 @@ class _AnswerAdapter(Adapter):
 
 
 def _bench_with(answers, **cfg_kwargs):
-    from argos.bench import BenchConfig, _bench_coco, _open_dataset
+    from argos.tools.bench import BenchConfig, _bench_coco, _open_dataset
 
     cfg = BenchConfig(warmup=0, **cfg_kwargs)
     fast = argos.wrap(_AnswerAdapter(answers), proposer="full")
@@ -473,7 +473,7 @@ def test_bench_scores_a_perfect_detector_perfectly(root):
 
 def test_bench_segmentation_on_cityscapes(root, tmp_path):
     """A segmentation model on Cityscapes: mIoU and pixel accuracy from the labelIds maps."""
-    from argos.bench import BenchConfig, format_table, run_bench
+    from argos.tools.bench import BenchConfig, format_table, run_bench
 
     cfg = BenchConfig(dataset="cityscapes", images=str(root / "leftImg8bit" / "val"), detector="pspnet",
                       detector_kwargs={"depth": 18}, img_size=64, proposer="oracle", executor="packed_crops",

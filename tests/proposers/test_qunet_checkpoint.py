@@ -9,7 +9,7 @@ from argos.proposers.qunet.checkpoint import (
 )
 from argos.proposers.qunet.model import QUNet, QUNetConfig
 from argos.proposers.qunet.quant import BinaryConv2d
-from argos.proposers.qunet.train import qunet_loss
+from argos.tools.qunet.train import qunet_loss
 
 
 def _trained(preset="all_quantized", **kw):

@@ -9,7 +9,7 @@ from argos.metrics.flops import count_gflops
 from argos.proposers.qunet.dct import block_dct, block_idct
 from argos.proposers.qunet.model import PRESETS, QUNet, QUNetConfig, block_names, flop_breakdown
 from argos.proposers.qunet.quant import BinaryConv2d
-from argos.proposers.qunet.train import class_weights, downsample_target, qunet_loss
+from argos.tools.qunet.train import class_weights, downsample_target, qunet_loss
 
 
 SIZE = (32, 48)

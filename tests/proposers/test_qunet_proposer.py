@@ -4,7 +4,7 @@ import torch
 
 import argos
 from argos.geometry import boxes_to_mask
-from argos.proposers.qunet.bench import ProposerBenchConfig, run_bench_proposer
+from argos.tools.qunet.bench import ProposerBenchConfig, run_bench_proposer
 from argos.proposers.qunet.checkpoint import save_checkpoint, shipped_weights
 from argos.proposers.qunet.model import QUNet, QUNetConfig, flop_breakdown
 from argos.proposers.qunet.proposer import QUNetProposer
@@ -118,7 +118,7 @@ def test_bench_proposer_oracle_is_perfect_and_qunet_reports_cost(coco128):
 
 
 def test_table41_rows_cost_only_without_weights(coco128):
-    from argos.proposers.qunet.bench import format_table41, run_table41
+    from argos.tools.qunet.bench import format_table41, run_table41
     from argos.proposers.qunet.model import PRESETS
 
     cfg = ProposerBenchConfig(images=str(coco128.images_dir), annotations=str(coco128.annotations_path),

@@ -138,7 +138,7 @@ class QUNetProposer(Proposer):
         if self.backend == "torch":
             with torch.inference_mode():
                 return self.model(x)
-        from argos.proposers.qunet.export import INPUT_NAME, OUTPUT_NAME
+        from argos.proposers.qunet.onnx_graph import INPUT_NAME, OUTPUT_NAME
 
         session = self._session if self._session is not None else self._build_session()
         return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.cpu().numpy()})[0])
@@ -147,7 +147,7 @@ class QUNetProposer(Proposer):
         """Export the model to ONNX (in a temporary folder) and open an onnxruntime session on it."""
         import tempfile
 
-        from argos.proposers.qunet.export import export_onnx, ort_session
+        from argos.proposers.qunet.onnx_graph import export_onnx, ort_session
 
         with tempfile.TemporaryDirectory() as tmp:
             graph = export_onnx(self.model, os.path.join(tmp, "qunet.onnx")).read_bytes()

@@ -19,7 +19,8 @@ ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (n
 import onnx  # noqa: E402
 
 from argos.proposers.qunet.checkpoint import load_checkpoint, shipped_weights  # noqa: E402
-from argos.proposers.qunet.export import ExportableQUNet, compare_onnx, export_onnx, main  # noqa: E402
+from argos.proposers.qunet.onnx_graph import ExportableQUNet, export_onnx  # noqa: E402
+from argos.tools.qunet.export import compare_onnx, main  # noqa: E402
 from argos.proposers.qunet.model import QUNet, QUNetConfig  # noqa: E402
 from argos.proposers.qunet.proposer import QUNetProposer  # noqa: E402
 

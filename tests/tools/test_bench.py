@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from argos.bench import adapter_kwargs_for
+from argos.tools.bench import adapter_kwargs_for
 from argos.registry import ADAPTERS
 
 
@@ -47,7 +47,7 @@ def test_meter_counts_what_a_dynamic_model_executed():
     import torch
 
     import argos
-    from argos.bench import _Meter
+    from argos.tools.bench import _Meter
 
     torch.manual_seed(0)
     fast = argos.wrap("dynconv", "full", "masked", depth=18, img_size=128, conf=0.25)

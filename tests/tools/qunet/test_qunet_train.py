@@ -10,7 +10,7 @@ import torch
 
 from argos.proposers.qunet.checkpoint import load_checkpoint
 from argos.proposers.qunet.targets import MaskSample, parse_range
-from argos.proposers.qunet.train import TrainConfig, augment, main, train
+from argos.tools.qunet.train import TrainConfig, augment, main, train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,7 +80,7 @@ _DDP_SCRIPT = textwrap.dedent("""
     torch.set_num_threads(1)
     sys.path.insert(0, {tests!r})
     from test_qunet_train import synthetic_samples, _cfg
-    from argos.proposers.qunet.train import train
+    from argos.tools.qunet.train import train
     rank = int(os.environ["RANK"])
     res = train(_cfg(out={out!r}), synthetic_samples(8), calib_samples=synthetic_samples(2))
     torch.save({{"state": res["model"].state_dict(), "steps": len(res["history"]) and res["metrics"].get("steps"),

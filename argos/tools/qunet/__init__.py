@@ -1,0 +1,1 @@
+"""QU-Net tools: ``argos train qunet``, ``argos bench-proposer``, ``argos export qunet``."""
