@@ -6,7 +6,7 @@ import runpy
 import sys
 import warnings
 
-__all__ = ["moved"]
+__all__ = ["moved", "moved_names"]
 
 
 def moved(old: str, new: str) -> None:
@@ -25,3 +25,22 @@ def moved(old: str, new: str) -> None:
     warnings.warn(f"{old} is deprecated and will be removed in the next release; import {new} instead",
                   DeprecationWarning, stacklevel=3)
     sys.modules[old] = importlib.import_module(new)
+
+
+def moved_names(module: str, new: str, names) -> None:
+    """Let ``from module import NAME`` keep working for ``names`` that moved to module ``new``.
+
+    Installs a module ``__getattr__`` that imports ``new`` on first use (by name, so the two
+    modules do not import each other) and warns.
+    """
+    names = frozenset(names)
+    mod = sys.modules[module]
+
+    def __getattr__(name: str):
+        if name not in names:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        warnings.warn(f"{module}.{name} is deprecated and will be removed in the next release; "
+                      f"import it from {new}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(new), name)
+
+    mod.__getattr__ = __getattr__

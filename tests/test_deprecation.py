@@ -60,3 +60,16 @@ def test_old_module_path_still_runs_as_a_script():
     assert "usage:" in out.stdout
     assert "python -m argos.proposers.qunet.bench is deprecated" in out.stderr
     assert "python -m argos.tools.qunet.bench" in out.stderr
+
+
+def test_names_moved_out_of_a_module_still_import():
+    import argos.data.citypersons as new
+    import argos.data.cityscapes as old
+
+    with pytest.warns(DeprecationWarning, match="import it from argos.data.citypersons"):
+        from argos.data.cityscapes import CityPersonsDataset
+    assert CityPersonsDataset is new.CityPersonsDataset
+    with pytest.warns(DeprecationWarning):
+        assert old.SUBSETS is new.SUBSETS
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        old.nothing_here

@@ -1,5 +1,6 @@
 """Datasets: images with ground-truth boxes and binary foreground masks, and video input."""
-from argos.data.cityscapes import CityPersonsDataset, CityscapesDataset
+from argos.data.citypersons import CityPersonsDataset
+from argos.data.cityscapes import CityscapesDataset
 from argos.data.coco import CocoDataset, CocoSample
 from argos.data.video import VideoReader, load_frame_boxes
 

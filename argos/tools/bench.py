@@ -262,7 +262,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True, keep: int = 0) -> Dict[st
 
 
 def _open_dataset(cfg: BenchConfig):
-    from argos.data.cityscapes import CityPersonsDataset, CityscapesDataset
+    from argos.data.citypersons import CityPersonsDataset
+    from argos.data.cityscapes import CityscapesDataset
     from argos.data.coco import CocoDataset
 
     if cfg.dataset == "cityscapes":

@@ -15,9 +15,9 @@ from torch import nn
 
 import argos
 from argos.adapters.base import Adapter
+from argos.data.citypersons import SUBSETS, CityPersonsDataset
 from argos.data.cityscapes import (
-    INSTANCE_CLASSES, LABELS, SUBSETS, TRAIN_CLASSES, CityPersonsDataset, CityscapesDataset, decode_instance_ids,
-    label_ids_to_train_ids,
+    INSTANCE_CLASSES, LABELS, TRAIN_CLASSES, CityscapesDataset, decode_instance_ids, label_ids_to_train_ids,
 )
 from argos.structures import Detections
 
