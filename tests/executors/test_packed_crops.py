@@ -13,13 +13,8 @@ import argos
 from argos import Detections, RegionProposals
 from argos.adapters.base import Adapter
 from argos.adapters.yolov5 import LetterboxMeta, YOLOv5Adapter, boxes_to_original, letterbox
-from argos.executors.packed_crops import (
-    PackedCropsExecutor,
-    _same_class_pairs,
-    assign_to_crops,
-    filter_crop_detections,
-    frame_geometry,
-)
+from argos.executors.crops import _same_class_pairs, assign_to_crops, filter_crop_detections, frame_geometry
+from argos.executors.packed_crops import PackedCropsExecutor
 
 
 def assert_same(a: Detections, b: Detections, atol: float = 0.0):
