@@ -105,7 +105,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from argos.tools.bench import adapter_kwargs_for
+    from argos.tools.options import adapter_kwargs_for
     from argos.tools.run import RunConfig, run_stream
     from argos.wrap import wrap
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from argos.structures import Detections
+from argos.tools.options import adapter_kwargs_for
 from argos.wrap import Wrapped, wrap
 
 __all__ = ["BenchConfig", "run_bench", "format_table", "write_json", "adapter_kwargs_for"]
@@ -197,32 +198,6 @@ class _Meter:
             "speedup_mean": _mean(self.base_ms) / max(_mean(self.argos_ms), 1e-9),
             "agreement": {"recall_vs_baseline@0.5": agreement},
         }
-
-
-def adapter_kwargs_for(detector: str, img_size: int, conf: Optional[float] = None, iou: Optional[float] = None,
-                       weights: Optional[str] = None, cfg: Optional[str] = None,
-                       extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Keyword arguments for adapter ``detector``: the common CLI options plus ``extra``
-    (``--detector-opt``, which wins). ``conf``/``iou`` go only to adapters that take them (a
-    segmentation model has neither); ``weights``/``cfg`` given to an adapter without them raise."""
-    import inspect
-
-    from argos.registry import ADAPTERS
-
-    params = inspect.signature(ADAPTERS.get(detector)).parameters
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    kwargs: Dict[str, Any] = {"img_size": img_size}
-    for key, value in (("conf", conf), ("iou", iou)):
-        if value is not None and (key in params or takes_any):
-            kwargs[key] = value
-    for key, value in (("weights", weights), ("cfg", cfg)):
-        if value is None:
-            continue
-        if key not in params and not takes_any:
-            raise ValueError(f"adapter {detector!r} takes no {key!r} option")
-        kwargs[key] = value
-    kwargs.update(extra or {})
-    return kwargs
 
 
 def _build(cfg: BenchConfig) -> Wrapped:

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import json
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
-__all__ = ["parse_kv"]
+__all__ = ["parse_kv", "adapter_kwargs_for"]
 
 
 def parse_kv(items: Optional[List[str]]) -> dict:
@@ -19,3 +19,29 @@ def parse_kv(items: Optional[List[str]]) -> dict:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def adapter_kwargs_for(detector: str, img_size: int, conf: Optional[float] = None, iou: Optional[float] = None,
+                       weights: Optional[str] = None, cfg: Optional[str] = None,
+                       extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Keyword arguments for adapter ``detector``: the common CLI options plus ``extra``
+    (``--detector-opt``, which wins). ``conf``/``iou`` go only to adapters that take them (a
+    segmentation model has neither); ``weights``/``cfg`` given to an adapter without them raise."""
+    import inspect
+
+    from argos.registry import ADAPTERS
+
+    params = inspect.signature(ADAPTERS.get(detector)).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    kwargs: Dict[str, Any] = {"img_size": img_size}
+    for key, value in (("conf", conf), ("iou", iou)):
+        if value is not None and (key in params or takes_any):
+            kwargs[key] = value
+    for key, value in (("weights", weights), ("cfg", cfg)):
+        if value is None:
+            continue
+        if key not in params and not takes_any:
+            raise ValueError(f"adapter {detector!r} takes no {key!r} option")
+        kwargs[key] = value
+    kwargs.update(extra or {})
+    return kwargs

@@ -1,7 +1,8 @@
 """Train a QU-Net: ``train(TrainConfig, train_samples, val_samples)`` or ``main(argv)``.
 
-Loss: class-weighted cross-entropy (weights from the inverse pixel frequency of the training
-targets) plus ``dice_weight`` times the soft Dice loss averaged over classes. Optimizer: RMSProp
+Loss (:mod:`~argos.tools.qunet.loss`): class-weighted cross-entropy (weights from the inverse
+pixel frequency of the training targets) plus ``dice_weight`` times the soft Dice loss averaged
+over classes. Data: :mod:`~argos.tools.qunet.data`. Optimizer: RMSProp
 (the thesis: lr 1e-5, weight decay 1e-8, momentum 0.9, 320x320, 50 epochs).
 
 Runs unchanged under ``torchrun``: with ``WORLD_SIZE > 1`` it joins the process group (gloo on
@@ -37,17 +38,18 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from argos.proposers.qunet.checkpoint import load_weights, save_checkpoint
 from argos.proposers.qunet.model import PRESETS, QUNet, QUNetConfig
 from argos.proposers.qunet.targets import MaskSample
+from argos.tools.qunet.data import DataConfig, MaskDataset, load_data
+from argos.tools.qunet.loss import class_weights, downsample_target, qunet_loss
 
 __all__ = ["TrainConfig", "DataConfig", "MaskDataset", "qunet_loss", "class_weights", "augment", "train",
            "recalibrate_batchnorm", "calibrate_postprocess", "evaluate_samples", "load_data", "main"]
@@ -104,31 +106,6 @@ class TrainConfig:
         return QUNetConfig.from_preset(self.preset, width=self.width, depth=self.depth, input_size=tuple(self.input_size))
 
 
-class MaskDataset(Dataset):
-    """Samples resized once to ``size`` and kept in memory as uint8 tensors.
-
-    Item: ``(Tensor[3, H, W] uint8, Tensor[H, W] bool)``.
-    """
-
-    def __init__(self, samples: Sequence[MaskSample], size: Tuple[int, int]) -> None:
-        if len(samples) == 0:
-            raise ValueError("no training samples")
-        h, w = size
-        self.images = torch.stack([
-            torch.from_numpy(cv2.resize(s.image, (w, h), interpolation=cv2.INTER_AREA)).permute(2, 0, 1)
-            for s in samples])
-        # Area-average the mask and keep any covered pixel, so thin objects survive the shrink.
-        self.masks = torch.stack([
-            torch.from_numpy(cv2.resize(s.mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0)
-            for s in samples])
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, i: int):
-        return self.images[i], self.masks[i]
-
-
 def augment(images: torch.Tensor, masks: torch.Tensor, cfg: TrainConfig, gen: torch.Generator):
     """Random zoom (crop or shrink onto grey), horizontal flip and brightness/contrast.
 
@@ -172,46 +149,6 @@ def augment(images: torch.Tensor, masks: torch.Tensor, cfg: TrainConfig, gen: to
         mean = out_x.mean(dim=(1, 2, 3), keepdim=True)
         out_x = ((out_x - mean) * contrast + mean + bright).clamp(0, 1)
     return out_x, out_m[:, 0] > 0.5
-
-
-def downsample_target(masks: torch.Tensor, stride: int) -> torch.Tensor:
-    """Tensor[B, H, W] bool -> Tensor[B, H/stride, W/stride] int64: a cell is foreground if any pixel is.
-
-    "Any" rather than majority because a proposer must not miss the edge of an object.
-    """
-    if stride == 1:
-        return masks.long()
-    return F.max_pool2d(masks[:, None].float(), stride)[:, 0].long()
-
-
-def class_weights(targets: torch.Tensor, num_classes: int = 2) -> torch.Tensor:
-    """Inverse pixel frequency, Tensor[C]: ``N / (C * n_c)`` (1.0 for balanced classes; absent classes get 0)."""
-    counts = torch.bincount(targets.reshape(-1), minlength=num_classes).double()
-    w = torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp(min=1)), torch.zeros_like(counts))
-    return w.float()
-
-
-def qunet_loss(logits: torch.Tensor, target: torch.Tensor, weights: Optional[torch.Tensor] = None,
-               dice_weight: float = 1.0, eps: float = 1.0) -> torch.Tensor:
-    """Class-weighted cross-entropy + ``dice_weight`` x soft Dice loss (mean over classes).
-
-    Args:
-        logits (Tensor[B, C, H, W]), target (Tensor[B, H, W] int64 in 0..C-1).
-        weights (Tensor[C], optional): cross-entropy class weights (see :func:`class_weights`).
-        eps: Dice smoothing, in pixels.
-    """
-    if logits.shape[0] != target.shape[0] or logits.shape[2:] != target.shape[1:]:
-        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} do not match")
-    ce = F.cross_entropy(logits, target, weight=None if weights is None else weights.to(logits.device))
-    if dice_weight == 0:
-        return ce
-    c = logits.shape[1]
-    prob = torch.softmax(logits, dim=1)
-    onehot = F.one_hot(target, c).permute(0, 3, 1, 2).to(prob.dtype)
-    inter = (prob * onehot).sum(dim=(0, 2, 3))
-    denom = prob.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
-    dice = 1.0 - (2.0 * inter + eps) / (denom + eps)
-    return ce + dice_weight * dice.mean()
 
 
 def _dist_env() -> Tuple[int, int, int]:
@@ -415,88 +352,6 @@ def train(
 
 def _jsonable(d: Dict[str, Any]) -> Dict[str, Any]:
     return json.loads(json.dumps(d, default=str))
-
-
-@dataclass
-class DataConfig:
-    """Where the targets come from (see :mod:`argos.proposers.qunet.targets`).
-
-    Args:
-        source: ``"coco"`` (instance masks), ``"cityscapes"`` (``gtFine`` instance masks),
-            ``"teacher"`` (per-frame boxes JSON on a video) or ``"detector"`` (self-supervised: a
-            detector's boxes on unlabeled images or frames).
-        images: COCO images folder, Cityscapes ``ROOT/leftImg8bit/{split}``, or unlabeled images
-            for ``"detector"``.
-        annotations: COCO instances JSON, or Cityscapes ``ROOT/gtFine/{split}`` (found next to
-            ``images`` when omitted).
-        classes: COCO category names / Cityscapes instance classes / detector class names that
-            count (None: all; Cityscapes: its 8 evaluated instance classes).
-        mask_source: COCO targets from ``"masks"`` or ``"boxes"``.
-        video: video file for ``"teacher"``/``"detector"``.
-        boxes_json, boxes_scale, min_score: teacher boxes, their scale to the video's pixels, and
-            the score below which a teacher/detector box is ignored.
-        detector, detector_weights: argos adapter for ``"detector"``.
-        train_range, val_range, calib_range: image/frame indices (``"start:stop[:step]"``).
-    """
-
-    source: str = "coco"
-    images: Optional[str] = None
-    annotations: Optional[str] = None
-    classes: Optional[List[str]] = None
-    mask_source: str = "masks"
-    video: Optional[str] = None
-    boxes_json: Optional[str] = None
-    boxes_scale: float = 1.0
-    min_score: float = 0.5
-    detector: str = "yolov5"
-    detector_weights: Optional[str] = None
-    train_range: Optional[str] = None
-    val_range: Optional[str] = None
-    calib_range: Optional[str] = None
-
-
-def _load_split(d: DataConfig, spec: Optional[str]) -> List[MaskSample]:
-    from argos.proposers.qunet import targets as T
-
-    if d.source == "coco":
-        if not d.images or not d.annotations:
-            raise ValueError("source 'coco' needs images and annotations")
-        return T.coco_samples(d.images, d.annotations, d.classes, d.mask_source, spec)
-    if d.source == "cityscapes":
-        if not d.images:
-            raise ValueError("source 'cityscapes' needs images (ROOT/leftImg8bit/SPLIT)")
-        return T.cityscapes_samples(d.images, d.annotations, d.classes, d.mask_source, spec)
-    if d.source == "teacher":
-        if not d.video or not d.boxes_json:
-            raise ValueError("source 'teacher' needs video and boxes_json")
-        return T.teacher_samples(d.video, d.boxes_json, d.boxes_scale, d.min_score, spec)
-    if d.source == "detector":
-        from argos.wrap import build_adapter
-
-        kwargs = {"conf": min(d.min_score, 0.25)}
-        if d.detector_weights:
-            kwargs["weights"] = d.detector_weights
-        adapter = build_adapter(d.detector, **kwargs)
-        if d.video:
-            n = T.video_frame_count(d.video)
-            frames = ((f"frame_{i:06d}", f) for i, f in T.read_video_frames(d.video, T.parse_range(spec, n)))
-        elif d.images:
-            from argos.io import read_image
-
-            files = T.read_image_folder(d.images)
-            frames = ((p.name, read_image(p)) for p in (files[i] for i in T.parse_range(spec, len(files))))
-        else:
-            raise ValueError("source 'detector' needs a video or an images folder")
-        return T.detector_samples(adapter, frames, d.min_score, d.classes)
-    raise ValueError(f"unknown data source {d.source!r}; valid: coco, cityscapes, teacher, detector")
-
-
-def load_data(d: DataConfig) -> Tuple[List[MaskSample], List[MaskSample], Optional[List[MaskSample]]]:
-    """``(train, val, calib)`` samples; ``val`` is empty without a ``val_range``, ``calib`` None without one."""
-    train_s = _load_split(d, d.train_range)
-    val_s = _load_split(d, d.val_range) if d.val_range else []
-    calib_s = _load_split(d, d.calib_range) if d.calib_range else None
-    return train_s, val_s, calib_s
 
 
 def build_parser() -> argparse.ArgumentParser:
