@@ -6,7 +6,7 @@ device synchronisation to the next (so launch and host overhead count, as users 
 - ``dense``: cuDNN on a channels-last input (the faster dense layout for fp16 on tensor cores);
   ``dense_nchw`` too at network level (the model as users run it);
 - ``triton``: ``SparseContext(kernel="triton")``: the fused kernel of
-  ``argos/executors/sparse/triton_conv.py``; layers whose active share exceeds
+  ``argos/sparse/triton_conv.py``; layers whose active share exceeds
   ``triton_dense_above`` (default 0.7) run dense, ``triton_all`` forces the kernel everywhere;
 - ``torch``: the pure-PyTorch gather/conv/scatter paths (``kernel="torch"``);
 - ``kernel`` (layer level only): the Triton kernel alone on a prebuilt index, i.e. what a layer

@@ -1,6 +1,6 @@
 """The ``gather_scatter`` executor: the detector's convolutions compute only where proposals say.
 
-The adapter's module is rewritten once by :func:`convert` (see ``argos/executors/sparse/``):
+The adapter's module is rewritten once by :func:`convert` (see ``argos/sparse/``):
 every conv becomes a layer that, under a frame's mask, gathers the active tiles or positions of
 its input into a dense tensor, runs the dense kernel and scatters back, leaving zeros elsewhere.
 Semantics: the result equals the network in which each conv output (each ultralytics ``Conv``
