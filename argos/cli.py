@@ -12,6 +12,24 @@ from argos.tools.options import parse_kv  # noqa: F401  (also importable from he
 __all__ = ["main"]
 
 
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+positive_int = _int_at_least(1)
+nonnegative_int = _int_at_least(0)
+
+
 def _add_bench_args(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("data (a COCO, Cityscapes or CityPersons dataset, or a video)")
     src.add_argument("--dataset", choices=("coco", "cityscapes", "citypersons"), default="coco",
@@ -26,8 +44,8 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--teacher", help="per-frame boxes JSON for the oracle proposer on --video")
     src.add_argument("--teacher-scale", type=float, default=1.0, help="scale of teacher boxes to video pixels")
     src.add_argument("--teacher-score", type=float, default=0.5, help="keep teacher boxes with at least this score")
-    src.add_argument("--stride", type=int, default=1, help="every N-th video frame")
-    src.add_argument("--start", type=int, default=0, help="first video frame (e.g. a held-out block)")
+    src.add_argument("--stride", type=positive_int, default=1, help="every N-th video frame")
+    src.add_argument("--start", type=nonnegative_int, default=0, help="first video frame (e.g. a held-out block)")
     src.add_argument("--gt-score", type=float, default=0.25,
                      help="on video: full-frame detections with this score are the ground truth")
     p.add_argument("--detector", default="yolov5", help="adapter name (default: yolov5)")
@@ -35,12 +53,12 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg", default=None, help="ultralytics model yaml instead of weights (random init, timing only)")
     p.add_argument("--proposer", default="oracle")
     p.add_argument("--executor", default="masked")
-    p.add_argument("--img-size", type=int, default=640)
+    p.add_argument("--img-size", type=positive_int, default=640)
     p.add_argument("--conf", type=float, default=0.001, help="detector score threshold")
     p.add_argument("--iou", type=float, default=0.65, help="NMS IoU threshold")
-    p.add_argument("--limit", type=int, default=None, help="first N images / frames only")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (fix it for stable timings)")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--limit", type=positive_int, default=None, help="first N images / frames only")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (fix it for stable timings)")
+    p.add_argument("--warmup", type=nonnegative_int, default=2)
     p.add_argument("--classes", nargs="+", default=None, help="class names that count (foreground, scoring)")
     p.add_argument("--proposer-opt", nargs="+", metavar="KEY=VALUE", help="proposer options, e.g. dilation=8")
     p.add_argument("--executor-opt", nargs="+", metavar="KEY=VALUE", help="executor options")
@@ -106,9 +124,15 @@ def cmd_demo(args) -> int:
 
 def cmd_run(args) -> int:
     from argos.tools.options import adapter_kwargs_for
+    from argos.tools.outputs import check_outputs
     from argos.tools.run import RunConfig, run_stream
     from argos.wrap import wrap
 
+    detections = args.detections
+    if detections is None and args.json:
+        detections = str(Path(args.json).with_suffix(".jsonl"))
+    # Before the model loads: a bad output path must not cost a run, or overwrite the input.
+    check_outputs([args.source], [detections, args.json], [args.out])
     if args.threads:
         import torch
 
@@ -117,9 +141,6 @@ def cmd_run(args) -> int:
                                         cfg=args.cfg, extra=parse_kv(args.detector_opt))
     fast = wrap(args.detector, args.proposer, args.executor, proposer_kwargs=parse_kv(args.proposer_opt),
                 executor_kwargs=parse_kv(args.executor_opt), **adapter_kwargs)
-    detections = args.detections
-    if detections is None and args.json:
-        detections = str(Path(args.json).with_suffix(".jsonl"))
     cfg = RunConfig(source=args.source, out_video=args.out, detections=detections, summary=args.json,
                     compare=args.compare, stride=args.stride, limit=args.limit, classes=args.classes)
     summary = run_stream(fast, cfg, progress=not args.no_progress)
@@ -127,15 +148,21 @@ def cmd_run(args) -> int:
             f" | area processed {summary['area_processed']:.3f} | median ms {summary['latency_ms']['median']:.1f}"
             f" (proposer {summary['latency_ms']['proposer']:.1f}, detector {summary['latency_ms']['detector']:.1f})")
     print(line + f" | RSS {summary['memory_mb']['rss_first_frame']:.0f} -> {summary['memory_mb']['rss_end']:.0f} MiB")
-    if args.compare:
+    if args.compare and "speedup" in summary:
         print(f"baseline {summary['baseline_fps']:.1f} fps | speedup {summary['speedup']:.2f}x (throughput; "
               f"{summary['speedup_median']:.2f}x median frame) | agreement "
               f"{summary['agreement']:.3f} | mAP50 vs baseline {summary['map50_vs_baseline']:.3f}")
     if "decode_error" in summary:
         print(f"warning: {summary['decode_error']}; results kept for the {summary['frames']} frames that decoded")
+    for change in summary.get("size_changes", []):
+        print(f"warning: {change}; the proposer started afresh there", file=sys.stderr)
     for path in (detections, args.json, args.out):
         if path:
             print(f"wrote {path}")
+    if summary["interrupted"]:
+        print(f"argos run: {summary['ended']} after {summary['frames']} frames; the outputs above hold them",
+              file=sys.stderr)
+        return 143 if "SIGTERM" in summary["ended"] else 130
     return 0
 
 
@@ -170,10 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_args(p)
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("demo", help="bench + overlays on the bundled assets (ARGOS_ASSETS, default ../shared)")
-    p.add_argument("--limit", type=int, default=32)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--limit", type=positive_int, default=32)
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--dilation", default=8, type=int, help="oracle margin in pixels")
-    p.add_argument("--overlays", type=int, default=4)
+    p.add_argument("--overlays", type=nonnegative_int, default=4)
     p.add_argument("--out", default="outputs/demo")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
@@ -184,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", default=None, help="ultralytics model yaml (random init, timing only)")
     p.add_argument("--proposer", default="auto", help="registered name (default auto: temporal)")
     p.add_argument("--executor", default="auto", help="registered name (default auto: packed_crops)")
-    p.add_argument("--img-size", type=int, default=640)
+    p.add_argument("--img-size", type=positive_int, default=640)
     p.add_argument("--conf", type=float, default=0.25, help="detector score threshold")
     p.add_argument("--proposer-opt", nargs="+", metavar="KEY=VALUE")
     p.add_argument("--executor-opt", nargs="+", metavar="KEY=VALUE")
@@ -194,26 +221,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="summary JSON")
     p.add_argument("--compare", action="store_true", help="also run the unwrapped detector on every frame")
     p.add_argument("--classes", nargs="+", default=None, help="classes scored by --compare")
-    p.add_argument("--stride", type=int, default=1)
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--stride", type=positive_int, default=1)
+    p.add_argument("--limit", type=positive_int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("pareto", help="argos beside frame skipping, lower input sizes and a smaller model, on one video")
     p.add_argument("source", help="video file or image folder")
     p.add_argument("--weights", required=True, help="detector checkpoint (.pt)")
-    p.add_argument("--img-size", type=int, default=640, help="reference input size (default: 640)")
+    p.add_argument("--img-size", type=positive_int, default=640, help="reference input size (default: 640)")
     p.add_argument("--small-weights", default=None, help="a smaller detector with the same classes")
-    p.add_argument("--sizes", type=int, nargs="*", default=None,
+    p.add_argument("--sizes", type=positive_int, nargs="*", default=None,
                    help="lower input sizes (default: 512 416 320 for 640; 960 640 for 1280)")
-    p.add_argument("--skips", type=int, nargs="*", default=[2, 3, 4], help="frame-skip intervals")
+    p.add_argument("--skips", type=_int_at_least(2), nargs="*", default=[2, 3, 4], help="frame-skip intervals")
     p.add_argument("--argos", nargs="*", default=None, metavar="PROPOSER+EXECUTOR[:p.k=v,e.k=v]",
                    help="argos configurations (default: the auto configuration and two variants)")
     p.add_argument("--conf", type=float, default=0.25, help="detector score threshold")
-    p.add_argument("--start", type=int, default=0, help="first frame (e.g. a held-out block)")
-    p.add_argument("--limit", type=int, default=None, help="frames to use")
-    p.add_argument("--warmup", type=int, default=2, help="frames run but not timed or scored")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--start", type=nonnegative_int, default=0, help="first frame (e.g. a held-out block)")
+    p.add_argument("--limit", type=positive_int, default=None, help="frames to use")
+    p.add_argument("--warmup", type=nonnegative_int, default=2, help="frames run but not timed or scored")
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--json", default=None, help="points JSON (the markdown table goes next to it, .md)")
     p.add_argument("--plot", default=None, help="PNG: agreement against speedup")
     p.add_argument("--no-progress", action="store_true")
@@ -242,9 +269,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.rest = rest
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, TypeError, OSError) as err:
+        # OSError: missing, unreadable or unwritable files (FileNotFoundError, PermissionError, ...).
         print(f"argos {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"argos {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -50,10 +50,13 @@ def _check_hwc(image: np.ndarray, channel_order: str) -> np.ndarray:
             raise ValueError(f"got shape {image.shape}, which looks channels-first; numpy images must be HWC")
         raise ValueError(f"expected 3 channels in the last axis, got shape {image.shape}")
     if image.dtype != np.uint8:
-        raise TypeError(
-            f"expected a uint8 image (0-255), got dtype {image.dtype}; convert with "
-            "(img * 255).round().astype(np.uint8) for floats in [0, 1]"
-        )
+        if image.dtype == np.uint16:
+            hint = "(img // 257).astype(np.uint8) for a 16-bit image"
+        elif np.issubdtype(image.dtype, np.floating):
+            hint = "(img * 255).round().astype(np.uint8) for floats in [0, 1]"
+        else:
+            hint = "img.astype(np.uint8) once its values are in 0-255"
+        raise TypeError(f"expected a uint8 image (0-255), got dtype {image.dtype}; convert with {hint}")
     if channel_order == "bgr":
         image = image[:, :, ::-1]
     elif channel_order != "rgb":
@@ -76,6 +79,9 @@ def _tensor_to_hwc(t: torch.Tensor) -> np.ndarray:
     if t.dtype == torch.uint8:
         return t.permute(1, 2, 0).contiguous().numpy()
     if t.is_floating_point():
+        if not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"image tensor of shape {tuple(t.shape)} holds {bad} NaN or infinite value(s)")
         lo, hi = float(t.min()), float(t.max())
         if lo < 0.0 or hi > 1.0:
             raise ValueError(f"float image tensors must hold values in [0, 1], got range [{lo:.3g}, {hi:.3g}]")

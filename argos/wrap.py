@@ -1,7 +1,10 @@
 """``argos.wrap``: one line from a detector to a region-proposal-driven detector."""
 from __future__ import annotations
 
+import copy
+import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -55,6 +58,12 @@ class Wrapped:
         proposer: the region proposer.
         executor: how the detector runs on the regions.
         channel_order: ``"rgb"`` or ``"bgr"`` for numpy inputs (OpenCV frames are BGR).
+
+    Threads: calls are serialized on the adapter (every ``Wrapped`` sharing one adapter takes the
+    same lock), so several threads may call one ``Wrapped`` and get what serial calls give. A
+    proposer that keeps one stream's state across frames (``stateful``: motion, distill, temporal)
+    refuses a second thread's call while a first is in progress, with a ``RuntimeError``: two
+    streams must not share that state. Give each stream its own with :meth:`for_stream`.
     """
 
     def __init__(self, adapter: Adapter, proposer: Proposer, executor: Executor, channel_order: str = "rgb") -> None:
@@ -66,11 +75,35 @@ class Wrapped:
         self.channel_order = channel_order
         self.last_stats = FrameStats()
         self.last_proposals: List[RegionProposals] = []
+        self._busy = threading.Lock()
+
+    def for_stream(self) -> "Wrapped":
+        """A ``Wrapped`` for another stream: the same adapter (one copy of the weights), its own
+        proposer and executor state, started afresh."""
+        memo = {id(self.adapter): self.adapter}
+        proposer = copy.deepcopy(self.proposer, memo)
+        executor = copy.deepcopy(self.executor, memo)
+        proposer.reset()
+        return Wrapped(self.adapter, proposer, executor, self.channel_order)
 
     def __call__(
         self, images: Any, targets: Optional[Sequence[Any]] = None
     ) -> Union[Detections, SegmentationMap, List[Detections], List[SegmentationMap]]:
         """Detect objects. ``targets`` (ground truth, one per image) only feeds the ``oracle`` proposer."""
+        stateful = getattr(self.proposer, "stateful", False)
+        if not self._busy.acquire(blocking=not stateful):
+            raise RuntimeError(
+                f"{type(self.proposer).__name__} keeps one stream's state, and this Wrapped is already "
+                "processing a frame in another thread; give each stream its own with wrapped.for_stream() "
+                "(it shares the model)"
+            )
+        try:
+            with _adapter_lock(self.adapter):
+                return self._call(images, targets)
+        finally:
+            self._busy.release()
+
+    def _call(self, images: Any, targets: Optional[Sequence[Any]]):
         batch, single = as_image_list(images, self.channel_order)
         if single and targets is not None and not isinstance(targets, (list, tuple)):
             targets = [targets]
@@ -135,6 +168,20 @@ class Wrapped:
             f"Wrapped(adapter={type(self.adapter).__name__}, proposer={type(self.proposer).__name__}, "
             f"executor={type(self.executor).__name__})"
         )
+
+
+_ADAPTER_LOCKS: "weakref.WeakKeyDictionary[Adapter, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _adapter_lock(adapter: Adapter) -> threading.RLock:
+    """One lock per adapter: ``Wrapped`` lowers ``adapter.conf`` during a call, and executors keep
+    per-call state, so calls that share an adapter must not overlap."""
+    with _LOCKS_GUARD:
+        lock = _ADAPTER_LOCKS.get(adapter)
+        if lock is None:
+            lock = _ADAPTER_LOCKS[adapter] = threading.RLock()
+        return lock
 
 
 def _check_task(adapter: Adapter, proposer: Proposer) -> None:

@@ -24,7 +24,8 @@ class VideoReader:
     and why, so no frame that decoded is lost.
 
     Args:
-        source: path to a video file or image folder, or an int camera index.
+        source: path to a video file or image folder, a stream URL (``rtsp://...``), or an int
+            camera index.
         stride: yield every ``stride``-th frame.
         limit: stop after this many yielded frames.
         start: skip the frames before this index (they are decoded, not yielded).
@@ -45,7 +46,7 @@ class VideoReader:
         self.error: Optional[str] = None
         self.stopped_early = False
         self._files: Optional[List[Path]] = None
-        if isinstance(self.source, int):
+        if self._is_stream:
             return
         path = Path(self.source)
         if not path.exists():
@@ -56,6 +57,11 @@ class VideoReader:
                 raise ValueError(f"no image files ({', '.join(sorted(_IMAGE_SUFFIXES))}) in {path}")
         elif path.stat().st_size == 0:
             raise ValueError(f"video file is empty: {path}")
+
+    @property
+    def _is_stream(self) -> bool:
+        """A camera index or a stream URL (rtsp://, http://, ...): no file to check, no frame count."""
+        return isinstance(self.source, int) or "://" in str(self.source)
 
     def _open(self) -> cv2.VideoCapture:
         src = self.source if isinstance(self.source, int) else str(self.source)
@@ -69,7 +75,7 @@ class VideoReader:
         """Frames the container claims (before stride/limit); None for cameras or when unknown."""
         if self._files is not None:
             return len(self._files)
-        if isinstance(self.source, int):
+        if self._is_stream:
             return None
         cap = self._open()
         n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
@@ -115,6 +121,10 @@ class VideoReader:
                 if not ok:
                     if expected is not None and index < expected:
                         self.error = f"decoding stopped at frame {index} of {expected}"
+                        self.stopped_early = True
+                    elif expected is None and self._is_stream:
+                        # A camera or stream has no end of its own: it stopped delivering frames.
+                        self.error = f"{self.source!r} stopped delivering frames after {index} frame(s)"
                         self.stopped_early = True
                     return
                 if index >= self.start and (index - self.start) % self.stride == 0:

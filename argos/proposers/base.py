@@ -30,6 +30,9 @@ class Proposer(abc.ABC):
     #: whether the proposer learns from the wrapped model's detections (a video teacher), so
     #: the model must be a detector.
     needs_detector: bool = False
+    #: whether the proposer keeps one stream's state from frame to frame (background model, online
+    #: student, tracked detections): such a proposer serves one stream (see Wrapped.for_stream).
+    stateful: bool = False
 
     def __init__(self, dilation: Dilation = 0, min_area: int = 0, mask_mode: str = "boxes") -> None:
         if mask_mode not in ("boxes", "pixels"):

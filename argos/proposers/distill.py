@@ -186,6 +186,7 @@ class DistillProposer(Proposer):
             the student's blobs, the motion blobs and the tracked detections.
     """
 
+    stateful = True
     needs_detector = True
 
     def __init__(

@@ -23,6 +23,8 @@ class MotionProposer(Proposer):
         dilation, min_area, mask_mode: see :class:`Proposer`.
     """
 
+    stateful = True
+
     def __init__(
         self,
         history: int = 200,

@@ -59,6 +59,7 @@ class TemporalProposer(Proposer):
         motion_width: widest working size of the default gate (HD frames: cost stays flat).
     """
 
+    stateful = True
     needs_detector = True
 
     def __init__(

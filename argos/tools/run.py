@@ -1,7 +1,10 @@
 """``argos run``: a wrapped detector over a video, an image folder or a camera.
 
 Per-frame detections go to a JSON-lines file as they are made (flushed every frame), so a
-crash or a truncated video loses nothing already written. The summary JSON has ``frames``,
+crash or a truncated video loses nothing already written. On SIGINT (Ctrl-C) or SIGTERM the
+run stops after the frame in hand: the JSON-lines file holds exactly the frames processed, the
+video is finalized so it decodes, and the summary says ``"interrupted": true`` (a second signal
+stops at once). Every summary says why the run ``ended``. The summary JSON has ``frames``,
 ``fps``, ``teacher_fraction``, ``area_processed``, ``latency_ms`` (``median``, ``proposer``,
 ``detector``, ``mean``) and ``memory_mb`` (resident memory after the first frame and at the end);
 with ``compare=True`` the unwrapped detector also runs on every frame, interleaved, and the
@@ -15,7 +18,10 @@ frame hides them; the mean counts them. ``speedup_median`` is the ratio of media
 from __future__ import annotations
 
 import json
+import signal
 import statistics
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +33,7 @@ import torch
 from argos.data.video import VideoReader
 from argos.metrics.flops import counting_ms
 from argos.structures import Detections
+from argos.tools.outputs import check_outputs
 from argos.wrap import Wrapped
 
 __all__ = ["RunConfig", "run_stream"]
@@ -77,6 +84,32 @@ def _record(index: int, d: Detections, names: Dict[int, str]) -> str:
     })
 
 
+class _StopRequest:
+    """SIGINT/SIGTERM while a run is in progress: the first finishes the frame in hand, the second
+    stops at once (KeyboardInterrupt). Installed only from the main thread (Python's rule)."""
+
+    def __init__(self) -> None:
+        self.signal: Optional[str] = None
+        self._old: Dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        print(f"\nargos run: {self.signal}: stopping after this frame (send it again to stop at once)",
+              file=sys.stderr)
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
 def run_stream(fast: Wrapped, cfg: RunConfig, progress: bool = True, min_score: float = 0.25) -> Dict[str, Any]:
     """Run ``fast`` on every frame of ``cfg.source``; returns the summary dict (also written to ``cfg.summary``).
 
@@ -90,14 +123,12 @@ def run_stream(fast: Wrapped, cfg: RunConfig, progress: bool = True, min_score: 
     from argos.viz import draw_overlay
 
     source = int(cfg.source) if isinstance(cfg.source, str) and cfg.source.isdigit() else cfg.source
+    check_outputs([source], [cfg.detections, cfg.summary], [cfg.out_video])
     reader = VideoReader(source, stride=cfg.stride, limit=cfg.limit)
     adapter, names = fast.adapter, fast.adapter.names
     keep_labels = adapter.class_ids(cfg.classes)
     fast.proposer.reset()
     total = len(reader) if reader.frame_count is not None else None
-    for path in (cfg.detections, cfg.summary, cfg.out_video):
-        if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
     lines = open(cfg.detections, "w") if cfg.detections else None
     writer = None
     times: Dict[str, List[float]] = {"argos": [], "proposer": [], "detector": [], "baseline": []}
@@ -107,6 +138,10 @@ def run_stream(fast: Wrapped, cfg: RunConfig, progress: bool = True, min_score: 
     theirs: List[Detections] = []
     frames = 0
     rss_first = 0.0
+    first_shape = None
+    size_changes: List[str] = []
+    ended = "end of source"
+    stop = _StopRequest()
 
     def select(d: Detections, score: float) -> Detections:
         ok = d.scores >= score
@@ -115,59 +150,79 @@ def run_stream(fast: Wrapped, cfg: RunConfig, progress: bool = True, min_score: 
         return d[ok]
 
     try:
-        for i, (index, frame) in enumerate(tqdm(reader, total=total, desc="argos run", unit="frame", disable=not progress)):
-            if cfg.compare and i % 2 == 1:
-                # Alternate the order so neither side always runs on a warmer cache.
+        with stop:
+            for i, (index, frame) in enumerate(tqdm(reader, total=total, desc="argos run", unit="frame",
+                                                    disable=not progress)):
+                if stop.signal is not None:
+                    break
+                if first_shape is None:
+                    first_shape = frame.shape
+                elif frame.shape != first_shape:
+                    # A new frame size is a new scene for a video proposer: start its state afresh.
+                    size_changes.append(f"frame {index} is {frame.shape[1]}x{frame.shape[0]} after "
+                                        f"{first_shape[1]}x{first_shape[0]} frames")
+                    first_shape = frame.shape
+                    fast.proposer.reset()
+                if cfg.compare and i % 2 == 1:
+                    # Alternate the order so neither side always runs on a warmer cache.
+                    t0 = time.perf_counter()
+                    (base,) = adapter.predict([frame])
+                    times["baseline"].append((time.perf_counter() - t0) * 1e3)
+                counted0 = counting_ms()
                 t0 = time.perf_counter()
-                (base,) = adapter.predict([frame])
-                times["baseline"].append((time.perf_counter() - t0) * 1e3)
-            counted0 = counting_ms()
-            t0 = time.perf_counter()
-            dets = fast(frame)
-            # A new input shape makes the FLOP statistics run a counting forward: not inference.
-            times["argos"].append((time.perf_counter() - t0) * 1e3 - (counting_ms() - counted0))
-            if cfg.compare and i % 2 == 0:
-                t0 = time.perf_counter()
-                (base,) = adapter.predict([frame])
-                times["baseline"].append((time.perf_counter() - t0) * 1e3)
-            st = fast.last_stats
-            times["proposer"].append(st.proposer_ms)
-            times["detector"].append(st.detector_ms)
-            areas.append(st.area_processed)
-            key_frames += st.key_frames
-            frames += 1
-            if frames == 1:
-                rss_first = _rss_mb()
-            if lines is not None:
-                lines.write(_record(index, dets[dets.scores >= min_score], names) + "\n")
-                lines.flush()
-            if cfg.compare:
-                ours.append(select(dets, 0.0))
-                theirs.append(select(base, 0.0))
-            if cfg.out_video:
-                if writer is None:
-                    h, w = frame.shape[:2]
-                    fps = reader.fps or 10.0
-                    writer = cv2.VideoWriter(cfg.out_video, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-                    if not writer.isOpened():
-                        raise ValueError(f"cannot write video {cfg.out_video} (unknown extension or codec)")
-                shown = draw_overlay(frame, fast.last_proposals[0], dets, names, min_score=min_score)
-                writer.write(cv2.cvtColor(shown, cv2.COLOR_RGB2BGR))
+                dets = fast(frame)
+                # A new input shape makes the FLOP statistics run a counting forward: not inference.
+                times["argos"].append((time.perf_counter() - t0) * 1e3 - (counting_ms() - counted0))
+                if cfg.compare and i % 2 == 0:
+                    t0 = time.perf_counter()
+                    (base,) = adapter.predict([frame])
+                    times["baseline"].append((time.perf_counter() - t0) * 1e3)
+                st = fast.last_stats
+                times["proposer"].append(st.proposer_ms)
+                times["detector"].append(st.detector_ms)
+                areas.append(st.area_processed)
+                key_frames += st.key_frames
+                if lines is not None:
+                    lines.write(_record(index, dets[dets.scores >= min_score], names) + "\n")
+                    lines.flush()
+                frames += 1  # right after its line: the JSON-lines file holds exactly the frames counted
+                if frames == 1:
+                    rss_first = _rss_mb()
+                if cfg.compare:
+                    ours.append(select(dets, 0.0))
+                    theirs.append(select(base, 0.0))
+                if cfg.out_video:
+                    if writer is None:
+                        h, w = frame.shape[:2]
+                        fps = reader.fps or 10.0
+                        writer = cv2.VideoWriter(cfg.out_video, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+                        if not writer.isOpened():
+                            raise ValueError(f"cannot write video {cfg.out_video} (unknown extension or codec)")
+                    shown = draw_overlay(frame, fast.last_proposals[0], dets, names, min_score=min_score)
+                    writer.write(cv2.cvtColor(shown, cv2.COLOR_RGB2BGR))
+    except KeyboardInterrupt:  # a second signal, or Ctrl-C where no handler could be installed
+        stop.signal = stop.signal or "SIGINT"
     finally:
         if lines is not None:
             lines.close()
         if writer is not None:
             writer.release()
-    if frames == 0:
+    if stop.signal is not None:
+        ended = f"interrupted by {stop.signal}"
+    elif reader.stopped_early:
+        ended = f"the source stopped: {reader.error}"
+    if frames == 0 and stop.signal is None:
         raise ValueError(f"no frame could be decoded from {cfg.source!r}" + (f": {reader.error}" if reader.error else ""))
 
     argos_med, argos_mean = _median(times["argos"]), _mean(times["argos"])
     summary: Dict[str, Any] = {
         "source": str(cfg.source),
         "frames": frames,
+        "interrupted": stop.signal is not None,
+        "ended": ended,
         "fps": 1e3 / argos_mean if argos_mean else 0.0,
-        "teacher_fraction": key_frames / frames,
-        "area_processed": sum(areas) / frames,
+        "teacher_fraction": key_frames / max(frames, 1),
+        "area_processed": sum(areas) / max(frames, 1),
         "latency_ms": {"median": argos_med, "mean": argos_mean, "proposer": _median(times["proposer"]),
                        "detector": _median(times["detector"])},
         # Resident memory after the first frame and at the end: a stream must not grow.
@@ -176,7 +231,9 @@ def run_stream(fast: Wrapped, cfg: RunConfig, progress: bool = True, min_score: 
                    "stride": cfg.stride, "limit": cfg.limit, "classes": cfg.classes,
                    "torch_threads": torch.get_num_threads()},
     }
-    if cfg.compare:
+    if size_changes:
+        summary["size_changes"] = size_changes
+    if cfg.compare and frames:
         base_med, base_mean = _median(times["baseline"]), _mean(times["baseline"])
         gts = reference_targets(theirs, cfg.gt_score)
         summary.update(
