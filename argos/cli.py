@@ -86,8 +86,11 @@ def _config(args):
 
 def cmd_bench(args) -> int:
     from argos.tools.bench import format_table, run_bench, write_json
+    from argos.tools.outputs import check_outputs
 
-    result = run_bench(_config(args), progress=not args.no_progress)
+    cfg = _config(args)
+    check_outputs([cfg.video, cfg.images, cfg.annotations, cfg.teacher, cfg.weights], [args.json])
+    result = run_bench(cfg, progress=not args.no_progress)
     print(format_table(result))
     if args.json:
         write_json(result, args.json)

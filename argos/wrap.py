@@ -205,7 +205,7 @@ def build_adapter(detector: Any, **adapter_kwargs: Any) -> Adapter:
         name = str(detector)
         if name in ADAPTERS:
             return ADAPTERS.build(name, **adapter_kwargs)
-        if name.endswith((".pt", ".pth")):
+        if name.lower().endswith((".pt", ".pth", ".onnx", ".engine", ".tflite")):
             if not Path(name).exists():
                 raise FileNotFoundError(f"detector checkpoint not found: {name}")
             return ADAPTERS.build("yolov5", weights=name, **adapter_kwargs)
@@ -268,6 +268,10 @@ def wrap(
         channel_order: ``"rgb"`` or ``"bgr"`` for numpy frames.
         **adapter_kwargs: options for the adapter (``weights``, ``img_size``, ``conf``, ...).
     """
+    # Unknown names fail before a model loads.
+    for spec, registry in ((proposer, PROPOSERS), (executor, EXECUTORS)):
+        if isinstance(spec, str) and spec != "auto":
+            registry.get(spec)
     adapter = build_adapter(detector, **adapter_kwargs)
     prop = _build(PROPOSERS, _resolve_auto(proposer, "proposer", adapter), Proposer, proposer_kwargs or {})
     ex = _build(EXECUTORS, _resolve_auto(executor, "executor", adapter), Executor, executor_kwargs or {})

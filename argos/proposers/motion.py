@@ -44,6 +44,16 @@ class MotionProposer(Proposer):
         self.open_size, self.close_size, self.scale = open_size, close_size, scale
         self.reset()
 
+    def __getstate__(self):
+        # OpenCV's background model cannot be copied; a copy (Wrapped.for_stream) starts afresh.
+        state = self.__dict__.copy()
+        state["_mog"] = None
+        return state
+
+    def __setstate__(self, state) -> None:
+        self.__dict__.update(state)
+        self.reset()
+
     def reset(self) -> None:
         self._mog = cv2.createBackgroundSubtractorMOG2(self.history, self.var_threshold, detectShadows=True)
         self._frames = 0

@@ -174,8 +174,14 @@ def run_pareto(
     area: List[List[float]] = [[] for _ in methods]
     prop_ms: List[List[float]] = [[] for _ in methods]
     n = 0
+    first_shape = None
     for i, (index, frame) in enumerate(tqdm(frames(), total=total, desc="argos pareto", unit="frame",
                                             disable=not progress)):
+        if first_shape is None:
+            first_shape = frame.shape
+        elif frame.shape != first_shape:
+            raise ValueError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]} after {first_shape[1]}x"
+                             f"{first_shape[0]} frames; argos pareto compares methods on one camera, one frame size")
         order = list(range(-1, len(methods)))
         shift = i % len(order)
         order = order[shift:] + order[:shift]
@@ -319,9 +325,12 @@ def main(args) -> int:
     import torch
 
     from argos.data.video import VideoReader
+    from argos.tools.outputs import check_outputs
     from argos.wrap import build_adapter
 
     torch.set_num_threads(args.threads)
+    md = str(Path(args.json).with_suffix(".md")) if args.json else None
+    check_outputs([args.source, args.weights, args.small_weights], [args.json, md, args.plot])
     if not Path(args.source).exists():
         raise FileNotFoundError(f"video not found: {args.source}")
     if not Path(args.weights).exists():
