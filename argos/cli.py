@@ -266,6 +266,8 @@ def _forward(module: str):
 def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+    # FFmpeg's own log lines ("moov atom not found") would come before argos's clearer message.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     args, rest = build_parser().parse_known_args(argv)
     if args.command not in ("train", "bench-proposer", "export") and rest:
         build_parser().parse_args(argv)  # reports the unknown arguments the usual way

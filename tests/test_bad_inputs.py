@@ -311,7 +311,7 @@ def _option_rows() -> List[Row]:
         Row("options/--out in a missing directory/run (works: created)", _run("one_frame", "--out", "NEWDIR"), 0,
             r"wrote .*new/dir/o\.mp4"),
         Row("options/--out under a plain file/run", _run("one_frame", "--out", "UNDERFILE"), 2,
-            r"cannot create the directory"),
+            r"plain_file is a file, not a directory"),
         Row("options/--out with no video suffix/run", _run("one_frame", "--out", "TXT"), 2, r"cannot write video"),
         Row("options/--out in a read-only directory/run", _run("one_frame", "--out", "READONLY"), 2,
             r"not writable", skip_root=True),

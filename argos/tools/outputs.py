@@ -49,6 +49,11 @@ def check_outputs(inputs: Iterable[Optional[PathLike]], outputs: Iterable[Option
             raise ValueError(f"cannot write video {v}: use one of {', '.join(VIDEO_SUFFIXES)}")
     for out in outs + vids:
         parent = out.parent if str(out.parent) else Path(".")
+        for above in [parent, *parent.parents]:
+            if above.exists():
+                if not above.is_dir():
+                    raise ValueError(f"cannot write output {out}: {above} is a file, not a directory")
+                break
         try:
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
