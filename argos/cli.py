@@ -99,6 +99,25 @@ def cmd_bench(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from argos.assets import AssetMissing
+
+    if args.coco:
+        return _demo_coco(args)
+    from argos.tools.demo import format_rows, run_demo
+
+    try:
+        result = run_demo(args.out, limit=args.limit, threads=args.threads, progress=not args.no_progress)
+    except AssetMissing as err:
+        print(f"argos demo: {err}", file=sys.stderr)
+        return 2
+    s = result["summary"]
+    print(format_rows(result["rows"], s["frames"], args.threads, 640))
+    for what, path in result["files"].items():
+        print(f"wrote {path}")
+    return 130 if s["interrupted"] else 0
+
+
+def _demo_coco(args) -> int:
     from argos.assets import AssetMissing, asset_path
     from argos.tools.bench import BenchConfig, format_table, run_bench, write_json
     from argos.viz import draw_overlay, save_grid
@@ -110,9 +129,9 @@ def cmd_demo(args) -> int:
     except AssetMissing as err:
         print(f"argos demo: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out)
+    out = Path(args.out) / "demo_coco"
     cfg = BenchConfig(images=str(images), annotations=str(annotations), weights=str(weights),
-                      proposer="oracle", executor="masked", limit=args.limit, threads=args.threads,
+                      proposer="oracle", executor="masked", limit=args.limit or 32, threads=args.threads,
                       proposer_kwargs={"dilation": args.dilation})
     result = run_bench(cfg, progress=not args.no_progress, keep=args.overlays)
     print(format_table(result))
@@ -199,12 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="baseline vs argos, interleaved, on a COCO-format dataset")
     _add_bench_args(p)
     p.set_defaults(func=cmd_bench)
-    p = sub.add_parser("demo", help="bench + overlays on the bundled assets (ARGOS_ASSETS, default ../shared)")
-    p.add_argument("--limit", type=positive_int, default=32)
+    p = sub.add_parser("demo", help="the bundled street video through yolov5n, argos beside the unwrapped detector "
+                                    "and frame skipping (assets: ARGOS_ASSETS, default ../shared)")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N frames (default: all 795; --coco: 32)")
     p.add_argument("--threads", type=positive_int, default=2)
-    p.add_argument("--dilation", default=8, type=int, help="oracle margin in pixels")
-    p.add_argument("--overlays", type=nonnegative_int, default=4)
-    p.add_argument("--out", default="outputs/demo")
+    p.add_argument("--out", default="outputs", help="output folder (default: outputs/)")
+    p.add_argument("--coco", action="store_true", help="the earlier demo: oracle + masked on the COCO photos")
+    p.add_argument("--dilation", default=8, type=int, help="--coco: oracle margin in pixels")
+    p.add_argument("--overlays", type=nonnegative_int, default=4, help="--coco: overlay tiles")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("run", help="run a wrapped detector over a video, image folder or camera index")

@@ -55,6 +55,19 @@ def draw_overlay(
     return out
 
 
+def caption(image: np.ndarray, text: str) -> np.ndarray:
+    """A copy of ``image`` (H, W, 3 uint8) with ``text`` in white on a dark strip along the top."""
+    out = image.copy()
+    h, w = out.shape[:2]
+    scale = max(0.35, w / 1400)
+    thick = max(1, round(scale * 1.6))
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    strip = min(h, th + base + 8)
+    out[:strip] = (out[:strip] * 0.3).astype(np.uint8)
+    cv2.putText(out, text, (6, strip - base - 3), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return out
+
+
 def save_grid(images: Sequence[np.ndarray], path: str, height: int = 360, columns: int = 2) -> Path:
     """Tile RGB images (resized to a common height) into one PNG; returns its path."""
     if not images:

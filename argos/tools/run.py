@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import cv2
 import torch
@@ -53,6 +53,10 @@ class RunConfig:
     classes: Optional[List[str]] = None
     gt_score: float = 0.25
     agreement_score: float = 0.25
+    #: write the running fps (and, with ``compare``, the speedup) on each frame of ``out_video``
+    caption: bool = False
+    #: keep per-frame times and areas in the summary (``per_frame``: argos_ms, baseline_ms, area)
+    per_frame: bool = False
 
 
 def _rss_mb() -> float:
@@ -110,17 +114,20 @@ class _StopRequest:
             signal.signal(sig, old)
 
 
-def run_stream(fast: Wrapped, cfg: RunConfig, progress: bool = True, min_score: float = 0.25) -> Dict[str, Any]:
+def run_stream(fast: Wrapped, cfg: RunConfig, progress: bool = True, min_score: float = 0.25,
+               on_frame: Optional[Callable[..., None]] = None) -> Dict[str, Any]:
     """Run ``fast`` on every frame of ``cfg.source``; returns the summary dict (also written to ``cfg.summary``).
 
     Args:
         min_score: detections below it are not written to the JSON-lines file or drawn.
+        on_frame: called after each frame as ``on_frame(index, frame, dets, baseline_dets or None,
+            proposals)`` (e.g. to keep a still).
     """
     from tqdm import tqdm
 
     from argos.metrics.coco_eval import map_against, reference_targets
     from argos.metrics.detection import recall_vs_reference
-    from argos.viz import draw_overlay
+    from argos.viz import caption, draw_overlay
 
     source = int(cfg.source) if isinstance(cfg.source, str) and cfg.source.isdigit() else cfg.source
     check_outputs([source], [cfg.detections, cfg.summary], [cfg.out_video])
@@ -199,7 +206,17 @@ def run_stream(fast: Wrapped, cfg: RunConfig, progress: bool = True, min_score: 
                         if not writer.isOpened():
                             raise ValueError(f"cannot write video {cfg.out_video} (unknown extension or codec)")
                     shown = draw_overlay(frame, fast.last_proposals[0], dets, names, min_score=min_score)
+                    if cfg.caption:
+                        text = f"argos {1e3 / max(_mean(times['argos']), 1e-9):.1f} fps"
+                        if cfg.compare:
+                            b = _mean(times["baseline"])
+                            text += (f" | unwrapped {1e3 / max(b, 1e-9):.1f} fps | speedup "
+                                     f"{b / max(_mean(times['argos']), 1e-9):.2f}x")
+                        text += f" | area {st.area_processed:.2f}" + (" | key frame" if st.key_frames else "")
+                        shown = caption(shown, text)
                     writer.write(cv2.cvtColor(shown, cv2.COLOR_RGB2BGR))
+                if on_frame is not None:
+                    on_frame(index, frame, dets, base if cfg.compare else None, fast.last_proposals[0])
     except KeyboardInterrupt:  # a second signal, or Ctrl-C where no handler could be installed
         stop.signal = stop.signal or "SIGINT"
     finally:
@@ -233,6 +250,10 @@ def run_stream(fast: Wrapped, cfg: RunConfig, progress: bool = True, min_score: 
     }
     if size_changes:
         summary["size_changes"] = size_changes
+    if cfg.per_frame:
+        summary["per_frame"] = {"argos_ms": [round(t, 2) for t in times["argos"]],
+                                "baseline_ms": [round(t, 2) for t in times["baseline"]],
+                                "area": [round(a, 4) for a in areas]}
     if cfg.compare and frames:
         base_med, base_mean = _median(times["baseline"]), _mean(times["baseline"])
         gts = reference_targets(theirs, cfg.gt_score)
