@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from torch import nn
 
+from argos._memory import release_free_memory
 from argos.adapters.base import Adapter
 from argos.executors.base import Executor
 from argos.io import as_image_list
@@ -66,6 +67,10 @@ class Wrapped:
     streams must not share that state. Give each stream its own with :meth:`for_stream`.
     """
 
+    #: every this many calls, freed heap memory goes back to the OS (glibc ``malloc_trim``): inputs
+    #: of many shapes otherwise make resident memory creep up over long streams. 0 turns it off.
+    trim_every: int = 1000
+
     def __init__(self, adapter: Adapter, proposer: Proposer, executor: Executor, channel_order: str = "rgb") -> None:
         if channel_order not in ("rgb", "bgr"):
             raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
@@ -76,6 +81,7 @@ class Wrapped:
         self.last_stats = FrameStats()
         self.last_proposals: List[RegionProposals] = []
         self._busy = threading.Lock()
+        self._calls = 0
 
     def for_stream(self) -> "Wrapped":
         """A ``Wrapped`` for another stream: the same adapter (one copy of the weights), its own
@@ -99,7 +105,11 @@ class Wrapped:
             )
         try:
             with _adapter_lock(self.adapter):
-                return self._call(images, targets)
+                out = self._call(images, targets)
+                self._calls += 1
+                if self.trim_every and self._calls % self.trim_every == 0:
+                    release_free_memory()
+                return out
         finally:
             self._busy.release()
 

@@ -299,6 +299,8 @@ def _option_rows() -> List[Row]:
                         r"--threads: must be >= 1, got 0", outputs=KEPT))
         rows.append(Row(f"options/--limit -1/{verb}", build("good_video", "--limit", "-1"), 2,
                         r"--limit: must be >= 1, got -1", outputs=KEPT))
+        rows.append(Row(f"options/--img-size 150 (not a stride multiple)/{verb}", build("good_video", "--img-size", "150"),
+                        2, r"img_size 150 must be a multiple of the model stride 32", outputs=KEPT))
     rows += [
         Row("options/--out equal to the input/run", _run("good_video", "--out", "INPUT"), 2,
             r"is the input .*not overwritten"),

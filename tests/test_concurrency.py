@@ -137,3 +137,22 @@ def test_same_input_same_config_same_detections(proposer, executor):
     assert sum(len(d) for d in runs[0]) > 0, "the check needs detections to compare"
     for a, b in zip(*runs):
         assert _same(a, b), f"{proposer} x {executor}: detections differ between two identical runs"
+
+
+def test_wrapped_returns_freed_memory_every_trim_every_calls(monkeypatch):
+    import importlib
+
+    wrap_module = importlib.import_module("argos.wrap")
+
+    calls = []
+    monkeypatch.setattr(wrap_module, "release_free_memory", lambda: calls.append(1) or True)
+    fast = argos.wrap(_adapter(), "full", "masked")
+    fast.trim_every = 3
+    frame = _frames(1)[0]
+    for _ in range(7):
+        fast(frame)
+    assert len(calls) == 2  # after calls 3 and 6
+    fast.trim_every = 0
+    for _ in range(6):
+        fast(frame)
+    assert len(calls) == 2
