@@ -41,7 +41,7 @@ def run_demo(out: str = "outputs", limit: Optional[int] = None, threads: int = 2
     import torch
 
     from argos.assets import asset_path
-    from argos.tools.pareto import _score, plot_pareto, skip_point
+    from argos.tools.pareto import plot_pareto, skip_points
     from argos.tools.run import RunConfig, run_stream
     from argos.viz import caption, draw_overlay
     from argos.wrap import AUTO, wrap
@@ -52,12 +52,10 @@ def run_demo(out: str = "outputs", limit: Optional[int] = None, threads: int = 2
     fast = wrap(str(weights), "auto", "auto", img_size=img_size, conf=0.25)
     cfg = RunConfig(source=str(video), out_video=str(out_dir / "demo.mp4"), detections=str(out_dir / "demo.jsonl"),
                     summary=str(out_dir / "demo.json"), compare=True, limit=limit, caption=True, per_frame=True)
-    ours: List = []
     theirs: List = []
     still: Dict[str, Any] = {}
 
     def keep(index, frame, dets, base, proposals):
-        ours.append(dets)
         theirs.append(base)
         # The still: the first frame from ``still_frame`` on that is not a key frame (which would
         # show the whole frame processed); the first frame until then.
@@ -69,7 +67,6 @@ def run_demo(out: str = "outputs", limit: Optional[int] = None, threads: int = 2
     n = summary["frames"]
     per = summary["per_frame"]
     base_ms, argos_ms = per["baseline_ms"][:n], per["argos_ms"][:n]
-    base_total = sum(base_ms)
     rows = [{"method": "unwrapped yolov5n", "fps": summary["baseline_fps"], "speedup": 1.0, "agreement": 1.0,
              "area": 1.0},
             {"method": f"argos ({AUTO['proposer']} + {AUTO['executor']}, the default)",
@@ -81,14 +78,11 @@ def run_demo(out: str = "outputs", limit: Optional[int] = None, threads: int = 2
                "map50_vs_baseline": summary["map50_vs_baseline"], "fps": summary["fps"],
                "speedup": summary["speedup"], "area": summary["area_processed"],
                "proposer_ms": summary["latency_ms"]["proposer"]}]
-    for k in (2, 3, 4):
-        agreement, map50 = _score(skip_point(theirs, k), theirs)
-        t = sum(base_ms[i] for i in range(0, n, k))
-        rows.append({"method": f"skip: 1 frame in {k}", "fps": 1e3 * n / t, "speedup": base_total / t,
-                     "agreement": agreement, "area": len(range(0, n, k)) / n})
-        points.append({"method": "skip", "params": {"every": k}, "agreement": agreement, "map50_vs_baseline": map50,
-                       "fps": 1e3 * n / t, "speedup": base_total / t, "area": len(range(0, n, k)) / n,
-                       "proposer_ms": 0.0})
+    for p in skip_points(theirs, base_ms, (2, 3, 4)):
+        p = p.as_dict()
+        rows.append({"method": f"skip: 1 frame in {p['params']['every']}", "fps": p["fps"], "speedup": p["speedup"],
+                     "agreement": p["agreement"], "area": p["area"]})
+        points.append(p)
     summary["alternatives"] = rows[2:]
     Path(cfg.summary).write_text(json.dumps(summary, indent=2))
 

@@ -112,6 +112,19 @@ def skip_point(references: Sequence[Detections], k: int) -> List[Detections]:
     return [references[(i // k) * k] for i in range(len(references))]
 
 
+def skip_points(refs: Sequence[Detections], base_ms: Sequence[float], skips: Sequence[int]) -> List[ParetoPoint]:
+    """Frame skipping from the unwrapped detector's own outputs and per-frame times: skip ``k``
+    pays the detector on frames 0, k, 2k, ... and holds their boxes in between."""
+    n, base_total = len(refs), sum(base_ms)
+    points = []
+    for k in skips:
+        agreement, map50 = _score(skip_point(refs, k), list(refs))
+        t = sum(base_ms[i] for i in range(0, n, k))
+        points.append(ParetoPoint("skip", {"every": int(k)}, agreement, map50, 1e3 * n / t, base_total / t,
+                                  len(range(0, n, k)) / n, 0.0))
+    return points
+
+
 def _score(cands: List[Detections], refs: List[Detections]) -> Tuple[float, float]:
     from argos.metrics.coco_eval import map_against, reference_targets
     from argos.metrics.detection import recall_vs_reference
@@ -219,13 +232,7 @@ def run_pareto(
         raise ValueError(f"the video has no frames after the {warmup} warm-up frames")
     base_total = sum(base_ms)
     points = [ParetoPoint("baseline", {"img_size": ref_size}, 1.0, 1.0, 1e3 * n / base_total, 1.0, 1.0, 0.0)]
-    for k in skips:
-        held = skip_point(refs, k)
-        agreement, map50 = _score(held, refs)
-        t = sum(base_ms[i] for i in range(0, n, k))
-        keys = len(range(0, n, k))
-        points.append(ParetoPoint("skip", {"every": int(k)}, agreement, map50, 1e3 * n / t, base_total / t,
-                                  keys / n, 0.0))
+    points += skip_points(refs, base_ms, skips)
     for j, (kind, params, _) in enumerate(methods):
         agreement, map50 = _score(outs[j], refs)
         t = sum(ms[j])
