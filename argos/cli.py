@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from argos.tools.options import parse_kv  # noqa: F401  (also importable from here, as before)
+from argos.tools.options import detector_for, parse_kv  # noqa: F401  (parse_kv also importable from here, as before)
 
 __all__ = ["main"]
 
@@ -76,7 +76,7 @@ def _config(args):
         dataset=args.dataset, subset=args.subset,
         images=args.images, annotations=args.annotations, video=args.video, teacher=args.teacher,
         teacher_scale=args.teacher_scale, teacher_score=args.teacher_score, stride=args.stride, start=args.start,
-        gt_score=args.gt_score, detector=args.detector, weights=args.weights, cfg=args.cfg,
+        gt_score=args.gt_score, detector=detector_for(args.detector, args.weights), weights=args.weights, cfg=args.cfg,
         proposer=args.proposer, executor=args.executor, img_size=args.img_size, conf=args.conf, iou=args.iou,
         limit=args.limit, threads=args.threads, warmup=args.warmup, classes=args.classes,
         proposer_kwargs=parse_kv(args.proposer_opt), executor_kwargs=parse_kv(args.executor_opt),
@@ -159,6 +159,7 @@ def cmd_run(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    args.detector = detector_for(args.detector, args.weights)
     adapter_kwargs = adapter_kwargs_for(args.detector, args.img_size, conf=args.conf, weights=args.weights,
                                         cfg=args.cfg, extra=parse_kv(args.detector_opt))
     fast = wrap(args.detector, args.proposer, args.executor, proposer_kwargs=parse_kv(args.proposer_opt),
@@ -212,9 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_forward("argos.tools.qunet.train"))
     p = sub.add_parser("bench-proposer", help="regions detected, area, GFLOPs and latency of a proposer", add_help=False)
     p.set_defaults(func=_forward("argos.tools.qunet.bench"))
-    p = sub.add_parser("export", help="export a proposer to ONNX: argos export qunet --help", add_help=False)
-    p.add_argument("model", choices=["qunet"])
-    p.set_defaults(func=_forward("argos.tools.qunet.export"))
+    p = sub.add_parser("export", help="export to ONNX: argos export qunet --help, argos export detector --help",
+                       add_help=False)
+    p.add_argument("model", choices=["qunet", "detector"])
+    p.set_defaults(func=_export)
     p = sub.add_parser("bench", help="baseline vs argos, interleaved, on a COCO-format dataset")
     _add_bench_args(p)
     p.set_defaults(func=cmd_bench)
@@ -273,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="registered proposers, executors and adapters")
     p.set_defaults(func=cmd_list)
     return parser
+
+
+def _export(args) -> int:
+    module = {"qunet": "argos.tools.qunet.export", "detector": "argos.tools.export_detector"}[args.model]
+    return _forward(module)(args)
 
 
 def _forward(module: str):

@@ -205,7 +205,8 @@ def _check_task(adapter: Adapter, proposer: Proposer) -> None:
 
 
 def build_adapter(detector: Any, **adapter_kwargs: Any) -> Adapter:
-    """Adapter from a registered name, a checkpoint path, an ultralytics ``YOLO``, a yolov5 hub
+    """Adapter from a registered name, a checkpoint path (``.pt``; ``.onnx`` runs under ONNX
+    Runtime, or OpenVINO with ``backend="openvino"``), an ultralytics ``YOLO``, a yolov5 hub
     model, or an :class:`Adapter` instance (returned as is)."""
     if isinstance(detector, Adapter):
         if adapter_kwargs:
@@ -218,6 +219,8 @@ def build_adapter(detector: Any, **adapter_kwargs: Any) -> Adapter:
         if name.lower().endswith((".pt", ".pth", ".onnx", ".engine", ".tflite")):
             if not Path(name).exists():
                 raise FileNotFoundError(f"detector checkpoint not found: {name}")
+            if name.lower().endswith(".onnx"):  # ONNX Runtime, or OpenVINO with backend="openvino"
+                return ADAPTERS.build("onnx", weights=name, **adapter_kwargs)
             return ADAPTERS.build("yolov5", weights=name, **adapter_kwargs)
         ADAPTERS.get(name)  # raises ValueError listing the valid names
     if _is_ultralytics_yolo(detector) or (

@@ -171,6 +171,7 @@ class GatherScatterExecutor(Executor):
         entry = self._converted.get(adapter)
         if entry is None:
             ctx = SparseContext(halo=self.halo, kernel=self.kernel)
+            adapter.module  # an adapter with no torch network (an ONNX runtime) says so here
             runner = adapter if self.inplace else copy.deepcopy(adapter)
             module = runner.module
             exclude = tuple(getattr(adapter, "sparse_exclude", ()))

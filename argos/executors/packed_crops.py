@@ -161,6 +161,14 @@ class PackedCropsExecutor(Executor):
 
     def _candidates(self, adapter: Adapter) -> List[Tuple[int, int]]:
         size, stride = int(adapter.img_size), int(adapter.stride)
+        fixed = getattr(adapter, "fixed_input_hw", None)
+        if fixed is not None:
+            # A fixed-shape export (ExportedAdapter) takes its own input size and nothing else.
+            fixed = (int(fixed[0]), int(fixed[1]))
+            if self.canvas_sizes is not None and any(tuple(c) != fixed for c in self.canvas_sizes):
+                raise ValueError(f"canvas_sizes {self.canvas_sizes}: {type(adapter).__name__} has a fixed "
+                                 f"{fixed[0]}x{fixed[1]} input, so every canvas is {fixed[0]}x{fixed[1]}")
+            return [fixed]
         native = _has_native(adapter)
         rect = bool(getattr(adapter, "rect", True))
         if self.canvas_sizes is None:

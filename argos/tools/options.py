@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Optional
 
-__all__ = ["parse_kv", "adapter_kwargs_for"]
+__all__ = ["parse_kv", "adapter_kwargs_for", "detector_for"]
 
 
 def parse_kv(items: Optional[List[str]]) -> dict:
@@ -19,6 +19,15 @@ def parse_kv(items: Optional[List[str]]) -> dict:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def detector_for(detector: str, weights: Optional[str]) -> str:
+    """The adapter that ``--weights`` asks for: an ``.onnx`` file under the default ``--detector
+    yolov5`` runs in the exported-model adapter (``onnx``; OpenVINO with ``--detector openvino`` or
+    ``--detector-opt backend=openvino``)."""
+    if weights is not None and str(weights).lower().endswith(".onnx") and detector == "yolov5":
+        return "onnx"
+    return detector
 
 
 def adapter_kwargs_for(detector: str, img_size: int, conf: Optional[float] = None, iou: Optional[float] = None,
