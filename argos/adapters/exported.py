@@ -38,6 +38,7 @@ from torch import nn
 from argos.adapters.base import Adapter, check_batch
 from argos.adapters.yolov5 import LetterboxMeta, boxes_to_original, letterbox, non_max_suppression
 from argos.data.coco import COCO80_NAMES
+from argos.metrics.flops import bookkeeping
 from argos.structures import Detections
 
 __all__ = ["ExportedAdapter", "LAYOUTS", "BACKENDS", "read_metadata", "detect_layout", "layout_info", "decode", "onnx_gflops",
@@ -455,6 +456,8 @@ class ExportedAdapter(Adapter):
         nc = info.get("nc")
         if nc is not None and len(self.names) != nc:
             raise ValueError(f"{len(self.names)} class names for a model with {nc} classes ({self.path.name})")
+        import torchvision.ops  # noqa: F401  (NMS; a second-long import belongs to loading, not to the first frame)
+
         self.head_format = {"yolov8": "anchor_free", "nanodet": "anchor_free", "end2end": "end2end"}.get(self.layout, "anchor")
 
     # ---- Adapter API ----
@@ -468,7 +471,11 @@ class ExportedAdapter(Adapter):
 
     def flops(self, input_hw: Tuple[int, int]) -> float:
         """GFLOPs of one forward at ``input_hw``: 2 x the Conv/Gemm/MatMul MACs of the graph (onnx shape inference)."""
-        return self._cached_flops(input_hw, lambda hw: onnx_gflops(self.path, (1, 3, *hw)))
+        def count(hw: Tuple[int, int]) -> float:
+            with bookkeeping():  # not inference: Wrapped leaves it out of the timings
+                return onnx_gflops(self.path, (1, 3, *hw))
+
+        return self._cached_flops(input_hw, count)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> Tuple[torch.Tensor, List[LetterboxMeta]]:
         """Letterbox to ``img_size`` (a fixed-shape export: to its square input) and stack,

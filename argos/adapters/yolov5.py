@@ -319,6 +319,7 @@ class YOLOv5Adapter(Adapter):
         if self.img_size % self.stride:
             raise ValueError(f"img_size {self.img_size} must be a multiple of the model stride {self.stride}")
         self.head_format = _head_format(self._net)
+        import torchvision.ops  # noqa: F401  (NMS; a second-long import belongs to loading, not to the first frame)
 
     # ---- construction helpers ----
 

@@ -7,13 +7,14 @@ layers thop also counts.
 """
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import List, Sequence
+from typing import Iterator, List, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["count_gflops", "counting_ms"]
+__all__ = ["count_gflops", "counting_ms", "bookkeeping"]
 
 # Wall time spent in count_gflops so far (ms). Counting runs a forward the first time an input
 # shape appears; that is bookkeeping, so timings of inference leave it out (see counting_ms).
@@ -24,6 +25,17 @@ def counting_ms() -> float:
     """Total wall time spent in :func:`count_gflops` in this process, ms. Timers of inference
     subtract its change over the timed span (argos's FLOP statistics are not inference work)."""
     return _COUNTING_MS[0]
+
+
+@contextlib.contextmanager
+def bookkeeping() -> Iterator[None]:
+    """Time spent inside counts as FLOP counting (:func:`counting_ms`), not inference: for
+    counters other than :func:`count_gflops` (e.g. an ONNX graph's shape inference)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        _COUNTING_MS[0] += (time.perf_counter() - start) * 1e3
 
 
 def _macs(m: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
