@@ -254,9 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("pareto", help="argos beside frame skipping, lower input sizes and a smaller model, on one video")
     p.add_argument("source", help="video file or image folder")
-    p.add_argument("--weights", required=True, help="detector checkpoint (.pt)")
+    p.add_argument("--weights", required=True, help="detector checkpoint (.pt), or an exported .onnx")
     p.add_argument("--img-size", type=positive_int, default=640, help="reference input size (default: 640)")
     p.add_argument("--small-weights", default=None, help="a smaller detector with the same classes")
+    p.add_argument("--detector-opt", nargs="+", metavar="KEY=VALUE",
+                   help="adapter options for every model of the run, e.g. backend=openvino for .onnx weights")
     p.add_argument("--sizes", type=positive_int, nargs="*", default=None,
                    help="lower input sizes (default: 512 416 320 for 640; 960 640 for 1280)")
     p.add_argument("--skips", type=_int_at_least(2), nargs="*", default=[2, 3, 4], help="frame-skip intervals")

@@ -345,8 +345,13 @@ def main(args) -> int:
     specs = DEFAULT_CONFIGS if args.argos is None else args.argos
     configs = [parse_argos_config(s) for s in specs]
 
+    from argos.tools.options import parse_kv
+
+    extra = parse_kv(getattr(args, "detector_opt", None))
+
     def adapter(size: int, weights: str = args.weights):
-        return build_adapter(weights, img_size=size, conf=args.conf)
+        # --detector-opt (e.g. backend=openvino) applies to every model of the run.
+        return build_adapter(weights, img_size=size, conf=args.conf, **extra)
 
     baseline = adapter(args.img_size)
     sizes = default_sizes(args.img_size) if args.sizes is None else args.sizes
@@ -361,8 +366,8 @@ def main(args) -> int:
     result = run_pareto(lambda: reader, baseline, configs, sizes, small, args.skips, build_lower=adapter,
                         warmup=args.warmup, progress=not args.no_progress, total=total)
     result.update(source=str(args.source), weights=str(args.weights), img_size=args.img_size,
-                  start=args.start, threads=args.threads)
-    title = f"{Path(args.source).name} | {Path(args.weights).name} at {args.img_size} | frames {args.start}+{result['frames']}"
+                  start=args.start, threads=args.threads, backend=getattr(baseline, "backend", "torch"))
+    title = f"{Path(args.source).name} | {Path(args.weights).name} ({result['backend']}) at {args.img_size} | frames {args.start}+{result['frames']}"
     table = write_outputs(result, args.json, args.plot, title)
     print(table)
     for path in (args.json, args.json and str(Path(args.json).with_suffix(".md")), args.plot):
