@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-import numpy as np
 import torch
 
 
@@ -61,20 +60,19 @@ def main(argv=None) -> int:
             adapters[b] = argos.build_adapter(a.weights, img_size=a.img_size, conf=a.conf)
         else:
             adapters[b] = argos.build_adapter(a.onnx, backend=b, img_size=a.img_size, conf=a.conf, threads=a.threads)
-    wrapped = {b: argos.wrap(ad, proposer="auto", executor="auto", channel_order="bgr") for b, ad in adapters.items()}
+    wrapped = {b: argos.wrap(ad, proposer="auto", executor="auto") for b, ad in adapters.items()}
     jobs = [(b, "base") for b in adapters] + [(b, "argos") for b in adapters]
     ms: Dict[tuple, List[float]] = {j: [] for j in jobs}
     dets: Dict[tuple, list] = {j: [] for j in jobs}
     reader = VideoReader(a.video, start=a.start, limit=a.limit + a.warmup)
-    for i, frame in enumerate(tqdm(reader, total=a.limit + a.warmup, desc="frames")):
-        rgb = np.ascontiguousarray(frame[..., ::-1])
+    for i, (_, rgb) in enumerate(tqdm(reader, total=a.limit + a.warmup, desc="frames")):  # RGB frames
         k = i % len(jobs)
         for backend, kind in jobs[k:] + jobs[:k]:
             t0 = time.perf_counter()
             if kind == "base":
                 (d,) = adapters[backend].predict([rgb])
             else:
-                d = wrapped[backend](frame)
+                d = wrapped[backend](rgb)
             t = (time.perf_counter() - t0) * 1e3
             if i >= a.warmup:
                 ms[(backend, kind)].append(t)

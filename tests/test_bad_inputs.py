@@ -99,6 +99,41 @@ def make_files(root: Path) -> Dict[str, Path]:
                                                                             input_size=(64, 64))), root / "fp.qunet")
     f["file_as_dir"] = root / "plain_file"
     f["file_as_dir"].write_text("a file, not a directory\n")
+    f.update(_onnx_files(root))
+    return f
+
+
+def _onnx_files(root: Path) -> Dict[str, Path]:
+    """Exported models: the shared yolov5n at 160 (dynamic and fixed), a classifier, a grey-input
+    network, a truncated export, and a names file with the wrong count."""
+    import warnings
+
+    from torch import nn
+
+    f: Dict[str, Path] = {}
+    try:
+        import onnx  # noqa: F401  (the exports below need both)
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return f
+    for name, channels in (("classifier_onnx", 3), ("gray_onnx", 1)):
+        net = nn.Sequential(nn.Conv2d(channels, 4, 3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+        f[name] = root / f"{name}.onnx"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (torch.zeros(1, channels, 64, 64),), str(f[name]), input_names=["images"],
+                              dynamic_axes={"images": {2: "height", 3: "width"}}, opset_version=17, dynamo=False)
+    if WEIGHTS.is_file():
+        from argos.tools.export_detector import export_detector
+
+        f["yolov5n_onnx"] = Path(export_detector(WEIGHTS, root / "y5n_160.onnx", 160, dynamic_batch=True)["path"])
+        f["fixed_onnx"] = Path(export_detector(WEIGHTS, root / "y5n_160_fixed.onnx", 160, static_shape=True,
+                                               check=False)["path"])
+        data = f["yolov5n_onnx"].read_bytes()
+        f["truncated_onnx"] = root / "truncated.onnx"
+        f["truncated_onnx"].write_bytes(data[: len(data) // 2])
+    f["three_names"] = root / "names.txt"
+    f["three_names"].write_text("person\ncar\nbike\n")
     return f
 
 
@@ -276,6 +311,55 @@ def _weight_rows() -> List[Row]:
     return rows
 
 
+def _exported_rows() -> List[Row]:
+    """Exported (.onnx) detectors through run and the API."""
+
+    def run_with(model: str, *extra):
+        def call(f, o):
+            argv = _run("good_video", *extra)(f, o)
+            return [a if a != WEIGHTS else f[model] for a in argv]
+
+        return call
+
+    def openvino_missing(f, o):
+        def call():
+            saved = sys.modules.get("openvino", "absent")
+            sys.modules["openvino"] = None  # import openvino -> ImportError
+            try:
+                from argos.wrap import build_adapter
+
+                build_adapter(str(f["yolov5n_onnx"]), backend="openvino")
+            finally:
+                if saved == "absent":
+                    sys.modules.pop("openvino", None)
+                else:
+                    sys.modules["openvino"] = saved
+        return call
+
+    return [
+        Row("exported/not a detector (classifier)/run", run_with("classifier_onnx"), 2,
+            r"cannot recognise the detector's output layout.*\(1, 4\).*layout=", outputs=KEPT),
+        Row("exported/1-channel input/run", run_with("gray_onnx"), 2, r"1 channels.*3-channel", outputs=KEPT),
+        Row("exported/truncated .onnx/run", run_with("truncated_onnx"), 2, r"not a readable ONNX model|no ONNX graph",
+            outputs=KEPT),
+        Row("exported/unknown layout name/run", run_with("yolov5n_onnx", "--detector-opt", "layout=ssd"), 2,
+            r"layout must be one of"),
+        Row("exported/layout that does not fit/run", run_with("yolov5n_onnx", "--detector-opt", "layout=nanodet"), 2,
+            r"layout='nanodet' does not fit the outputs"),
+        Row("exported/names file of another length/run", run_with("yolov5n_onnx", "--detector-opt", "names=NAMES"), 2,
+            r"3 class names for a model with 80 classes"),
+        Row("exported/fixed-shape export at another --img-size/run",
+            lambda f, o: [a if a != "160" else "192" for a in run_with("fixed_onnx")(f, o)], 2,
+            r"fixed 160x160 input; img_size=192"),
+        Row("exported/gather_scatter on ONNX Runtime/run", run_with("yolov5n_onnx", "--executor", "gather_scatter"), 2,
+            r"gather_scatter executor rewrites a torch network"),
+        Row("exported/unknown backend/run", run_with("yolov5n_onnx", "--detector-opt", "backend=tensorrt"), 2,
+            r"backend must be one of"),
+        Row("exported/openvino not installed/api", openvino_missing, ImportError, r"pip install openvino"),
+        Row("exported/yolov5n .onnx/run (works)", run_with("yolov5n_onnx", "--compare"), 0, r"speedup"),
+    ]
+
+
 def _name_rows() -> List[Row]:
     rows = []
     for what, flag, match in (("proposer", "--proposer", r"unknown proposer 'nope'; valid names: distill, full"),
@@ -321,7 +405,7 @@ def _option_rows() -> List[Row]:
     return rows
 
 
-ROWS = _video_rows() + _image_rows() + _weight_rows() + _name_rows() + _option_rows()
+ROWS = _video_rows() + _image_rows() + _weight_rows() + _exported_rows() + _name_rows() + _option_rows()
 
 
 def _substitute(row: Row, files: Dict[str, Path], out: Path) -> Row:
@@ -329,7 +413,8 @@ def _substitute(row: Row, files: Dict[str, Path], out: Path) -> Row:
     ro = out / "readonly"
     subs = {"INPUT": files["good_video"], "NEWDIR": out / "new" / "dir" / "o.mp4",
             "UNDERFILE": files["file_as_dir"] / "o.mp4", "TXT": out / "o.txt", "READONLY": ro / "o.mp4",
-            "weights=PLACEHOLDER": f"weights={files['qunet_other_preset']}"}
+            "weights=PLACEHOLDER": f"weights={files['qunet_other_preset']}",
+            "names=NAMES": f"names={files['three_names']}"}
     call = row.call
 
     def wrapped_call(f, o):
@@ -355,6 +440,8 @@ def test_bad_input(row: Row, files, tmp_path):
         pytest.skip(f"needs {WEIGHTS}")
     if row.skip_root and IS_ROOT:
         pytest.skip("root reads and writes files whatever their permissions")
+    if row.id.startswith("exported/") and "yolov5n_onnx" not in files:
+        pytest.skip("needs onnx and onnxruntime (pip install argos-cv[export])")
     run_row(_substitute(row, files, tmp_path), files, tmp_path)
 
 
