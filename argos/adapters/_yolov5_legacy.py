@@ -238,9 +238,12 @@ def checkpoint_kind(path: "os.PathLike[str] | str") -> str:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.lower().endswith((".onnx", ".engine", ".tflite", ".xml")):
-        raise ValueError(f"{path}: an exported model ({os.path.splitext(path)[1]}); ONNX and other runtime formats "
-                         "are not supported yet: pass the PyTorch .pt checkpoint it was exported from")
+    if path.lower().endswith(".onnx"):
+        raise ValueError(f"{path}: an ONNX export, not a torch checkpoint: use the 'onnx' adapter "
+                         "(argos.wrap(path) or --weights with the default --detector; backend='openvino' for OpenVINO)")
+    if path.lower().endswith((".engine", ".tflite", ".xml")):
+        raise ValueError(f"{path}: an exported model ({os.path.splitext(path)[1]}); only ONNX exports run "
+                         "(the 'onnx' adapter): pass the .onnx file, or the PyTorch .pt checkpoint it was exported from")
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()

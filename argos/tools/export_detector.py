@@ -10,14 +10,18 @@ loaded under ONNX Runtime and checked against the torch model at two input shape
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from argos.adapters.yolov5 import YOLOv5Adapter
 
 __all__ = ["export_detector", "main"]
 
@@ -36,9 +40,11 @@ class _RawHead(nn.Module):
         return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def export_detector(weights: Union[str, Path], out: Union[str, Path], img_size: int = 640, dynamic_batch: bool = False,
-                    static_shape: bool = False, opset: int = 17, check: bool = True) -> Dict[str, object]:
-    """Export a YOLOv5 / ultralytics checkpoint (``weights``) to ONNX at ``out``.
+def export_detector(weights: Union[str, Path, "YOLOv5Adapter"], out: Union[str, Path], img_size: int = 640,
+                    dynamic_batch: bool = False, static_shape: bool = False, opset: int = 17,
+                    check: bool = True) -> Dict[str, object]:
+    """Export a YOLOv5 / ultralytics checkpoint (``weights``, or a built
+    :class:`~argos.adapters.yolov5.YOLOv5Adapter`, e.g. from a ``cfg``) to ONNX at ``out``.
 
     Returns a report: ``path``, ``layout``, ``input`` (the shape, symbolic dims as names),
     ``output`` and, with ``check``, ``max_abs_diff`` per checked input shape and ``same_detections``.
@@ -48,8 +54,13 @@ def export_detector(weights: Union[str, Path], out: Union[str, Path], img_size: 
 
     if not isinstance(opset, int) or opset < 11:
         raise ValueError(f"opset must be an int >= 11, got {opset!r}")
-    adapter = YOLOv5Adapter(weights=weights, img_size=img_size, optimize=True)
-    net = adapter.module.to(memory_format=torch.contiguous_format)
+    if isinstance(weights, YOLOv5Adapter):
+        adapter, source = weights, "adapter"
+        if adapter.img_size != img_size:
+            raise ValueError(f"the adapter runs at img_size={adapter.img_size}, not {img_size}")
+    else:
+        adapter, source = YOLOv5Adapter(weights=weights, img_size=img_size, optimize=True), Path(weights).name
+    net = copy.deepcopy(adapter.module).to(memory_format=torch.contiguous_format)  # the adapter stays as it was
     for m in net.modules():  # ultralytics heads cache anchors by shape unless told the shape varies
         if hasattr(m, "dynamic") and not static_shape:
             m.dynamic = True
@@ -77,7 +88,7 @@ def export_detector(weights: Union[str, Path], out: Union[str, Path], img_size: 
     proto = onnx.load(str(out))
     meta = {
         "names": repr(dict(adapter.names)), "stride": str(adapter.stride), "imgsz": repr([h, h]),
-        "task": "detect", "layout": layout, "author": "argos export detector", "source": Path(weights).name,
+        "task": "detect", "layout": layout, "author": "argos export detector", "source": source,
     }
     for k, v in meta.items():
         entry = proto.metadata_props.add()

@@ -29,11 +29,18 @@ TINY: Dict[str, Dict[str, Any]] = {
     "pspnet": dict(depth=18, img_size=128),
     "torchvision": dict(model="fasterrcnn_mobilenet_v3_large_320_fpn", img_size=160, conf=0.0),
     "cascade_mask_rcnn": dict(img_size=160, conf=0.01, max_det=3, proposals=20),
+    # Exported models: the tiny yolov5nu above, exported to ONNX (see _exported_kwargs).
+    "onnx": dict(img_size=128, conf=1e-9),
+    "openvino": dict(img_size=128, conf=1e-9, precision="f32"),
 }
+#: adapters that run an exported file, not a torch network: no ``module``, no gather_scatter.
+EXPORTED = {"onnx", "openvino"}
 # Which executors each adapter works with. gather_scatter needs a convolutional network (Swin's
 # attention has no sparse path); the full proposer makes it take its dense path everywhere.
 EXECUTORS: Dict[str, Tuple[str, ...]] = {
     "cascade_mask_rcnn": ("masked", "packed_crops"),
+    "onnx": ("masked", "packed_crops"),
+    "openvino": ("masked", "packed_crops"),
 }
 ALL_EXECUTORS = ("masked", "packed_crops", "gather_scatter")
 NAMES = argos.list_adapters()
@@ -42,17 +49,34 @@ NAMES = argos.list_adapters()
 def _needs(name: str) -> None:
     if name == "cascade_mask_rcnn":
         pytest.importorskip("mmdet", reason="the mmdet extra is not installed")
+    if name in EXPORTED:
+        pytest.importorskip("onnxruntime", reason="the export extra is not installed")
+    if name == "openvino":
+        pytest.importorskip("openvino", reason="openvino is not installed")
 
 
 @pytest.fixture(scope="module")
-def built() -> Callable[[str], Adapter]:
+def exported_source(tmp_path_factory):
+    """(the torch adapter, its ONNX export): the tiny yolov5nu of TINY at 128."""
+    from argos.tools.export_detector import export_detector
+
+    torch.manual_seed(0)
+    source = argos.ADAPTERS.build("yolov5", **TINY["yolov5"])
+    path = tmp_path_factory.mktemp("exported") / "tiny_yolov5nu.onnx"
+    export_detector(source, path, img_size=128, dynamic_batch=True)
+    return source, path
+
+
+@pytest.fixture(scope="module")
+def built(request) -> Callable[[str], Adapter]:
     cache: Dict[str, Adapter] = {}
 
     def get(name: str) -> Adapter:
         _needs(name)
         if name not in cache:
             torch.manual_seed(0)
-            cache[name] = argos.ADAPTERS.build(name, **TINY[name])
+            extra = {"weights": request.getfixturevalue("exported_source")[1]} if name in EXPORTED else {}
+            cache[name] = argos.ADAPTERS.build(name, **TINY[name], **extra)
         return cache[name]
 
     return get
@@ -80,7 +104,11 @@ def test_every_adapter_has_a_tiny_config():
 def test_builds(built, name):
     adapter = built(name)
     assert isinstance(adapter, Adapter)
-    assert isinstance(adapter.module, nn.Module)
+    if name in EXPORTED:
+        with pytest.raises(TypeError, match="not torch"):
+            adapter.module
+    else:
+        assert isinstance(adapter.module, nn.Module)
     assert adapter.task in ("detection", "segmentation")
     assert adapter.names and all(isinstance(k, int) and isinstance(v, str) for k, v in adapter.names.items())
     assert adapter.stride > 0 and adapter.img_size % adapter.stride == 0
@@ -130,7 +158,7 @@ def test_full_proposer_equals_unwrapped(built, image, name, executor):
     _assert_same(fast(image), expected)
 
 
-def _fvcore_gflops(name: str, adapter: Adapter, hw: Tuple[int, int]) -> Tuple[float, float]:
+def _fvcore_gflops(name: str, adapter: Adapter, hw: Tuple[int, int], built_source=None) -> Tuple[float, float]:
     """(ours, 2 x fvcore) in GFLOPs for the part of the model both can count."""
     from fvcore.nn import FlopCountAnalysis
 
@@ -140,6 +168,8 @@ def _fvcore_gflops(name: str, adapter: Adapter, hw: Tuple[int, int]) -> Tuple[fl
         from argos.adapters.cascade_mask_rcnn import _BackboneRPN
 
         probe, ours = _BackboneRPN(adapter.model).eval(), adapter.dense_flops(hw)  # heads: see its own tests
+    elif name in EXPORTED:  # the graph's count against fvcore's count of the torch model it came from
+        probe, ours = built_source.module.eval(), adapter.flops(hw)
     else:
         probe, ours = adapter.module.eval(), adapter.flops(hw)
     counter = FlopCountAnalysis(probe, torch.zeros(1, 3, *hw))
@@ -155,8 +185,21 @@ def _fvcore_gflops(name: str, adapter: Adapter, hw: Tuple[int, int]) -> Tuple[fl
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # fvcore traces with torch.jit
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 @pytest.mark.parametrize("name", NAMES)
-def test_flops_within_5_percent_of_fvcore(built, name):
+def test_flops_within_5_percent_of_fvcore(built, name, request):
     adapter = built(name)
-    ours, theirs = _fvcore_gflops(name, adapter, (96, 128))
+    source = request.getfixturevalue("exported_source")[0] if name in EXPORTED else None
+    ours, theirs = _fvcore_gflops(name, adapter, (96, 128), source)
     assert ours > 0
     assert ours == pytest.approx(theirs, rel=0.05)
+
+
+@pytest.mark.parametrize("name", sorted(EXPORTED))
+def test_exported_equals_its_torch_source(built, image, name, request):
+    """The export of an ultralytics (anchor-free, ``yolov8`` layout) head gives its torch model's detections."""
+    adapter = built(name)
+    source = request.getfixturevalue("exported_source")[0]
+    assert adapter.layout == "yolov8"
+    (a,), (b,) = adapter.predict([image]), source.predict([image])
+    assert len(a) == len(b) > 0
+    torch.testing.assert_close(a.boxes, b.boxes, atol=1e-2, rtol=1e-4)
+    torch.testing.assert_close(a.scores, b.scores, atol=1e-4, rtol=1e-3)
