@@ -8,11 +8,12 @@
 from argos.registry import ADAPTERS, EXECUTORS, PROPOSERS, Registry
 from argos.structures import Detections, RegionProposals, SegmentationMap
 from argos.wrap import FrameStats, Wrapped, build_adapter, wrap
+from argos.streams import MultiStream, streams
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "wrap", "Wrapped", "FrameStats", "build_adapter",
+    "wrap", "Wrapped", "FrameStats", "build_adapter", "streams", "MultiStream",
     "Detections", "RegionProposals", "SegmentationMap",
     "Registry", "PROPOSERS", "EXECUTORS", "ADAPTERS",
     "list_proposers", "list_executors", "list_adapters",

@@ -150,11 +150,28 @@ def cmd_run(args) -> int:
     from argos.tools.run import RunConfig, run_stream
     from argos.wrap import wrap
 
-    detections = args.detections
-    if detections is None and args.json:
-        detections = str(Path(args.json).with_suffix(".jsonl"))
-    # Before the model loads: a bad output path must not cost a run, or overwrite the input.
-    check_outputs([args.source], [detections, args.json], [args.out])
+    sources = args.source
+    multi = len(sources) > 1 or args.out_dir is not None
+    if multi:
+        from argos.tools.streams import stream_paths
+
+        if args.out_dir is None:
+            raise ValueError(f"{len(sources)} sources: give --out-dir DIR for their per-stream outputs")
+        if args.detections or args.json or (args.out not in (None, PER_STREAM)):
+            raise ValueError("with several sources, outputs go under --out-dir (DIR/<stem>.jsonl, .json, and .mp4 "
+                             "with a bare --out); --detections, --json and --out PATH are for one source")
+        paths = stream_paths(sources, args.out_dir)  # two sources with one stem: refused here
+        check_outputs(sources, [p[k] for p in paths for k in ("jsonl", "json")], [p["mp4"] for p in paths]
+                      if args.out == PER_STREAM else [])
+    else:
+        if args.out == PER_STREAM:
+            raise ValueError("--out needs a path (an .mp4 or .avi) for one source")
+        args.source = sources[0]
+        detections = args.detections
+        if detections is None and args.json:
+            detections = str(Path(args.json).with_suffix(".jsonl"))
+        # Before the model loads: a bad output path must not cost a run, or overwrite the input.
+        check_outputs([args.source], [detections, args.json], [args.out])
     if args.threads:
         import torch
 
@@ -164,6 +181,8 @@ def cmd_run(args) -> int:
                                         cfg=args.cfg, extra=parse_kv(args.detector_opt))
     fast = wrap(args.detector, args.proposer, args.executor, proposer_kwargs=parse_kv(args.proposer_opt),
                 executor_kwargs=parse_kv(args.executor_opt), **adapter_kwargs)
+    if multi:
+        return _run_many(fast, args)
     cfg = RunConfig(source=args.source, out_video=args.out, detections=detections, summary=args.json,
                     compare=args.compare, stride=args.stride, limit=args.limit, classes=args.classes)
     summary = run_stream(fast, cfg, progress=not args.no_progress)
@@ -186,6 +205,30 @@ def cmd_run(args) -> int:
         print(f"argos run: {summary['ended']} after {summary['frames']} frames; the outputs above hold them",
               file=sys.stderr)
         return 143 if "SIGTERM" in summary["ended"] else 130
+    return 0
+
+
+PER_STREAM = "<per stream>"  # a bare --out with several sources: DIR/<stem>.mp4 each
+
+
+def _run_many(fast, args) -> int:
+    from argos.tools.streams import run_streams
+
+    s = run_streams(fast, args.source, args.out_dir, compare=args.compare, stride=args.stride, limit=args.limit,
+                    videos=args.out == PER_STREAM, progress=not args.no_progress)
+    print(f"{s['streams']} streams | {s['frames']} frames in {s['ticks']} ticks | {s['fps_total']:.1f} fps total"
+          + (f" | baseline (batched) {s['baseline_fps_total']:.1f} fps | speedup {s['speedup']:.2f}x"
+             if "speedup" in s else ""))
+    for src, st in s["per_stream"].items():
+        extra = f" | agreement {st['agreement']:.3f}" if "agreement" in st else ""
+        if "error" in st:
+            print(f"  {src}: {st['frames']} frames; error: {st['error']}", file=sys.stderr)
+        else:
+            print(f"  {src}: {st['frames']} frames | area {st['area_processed']:.3f} | key frames "
+                  f"{st['teacher_fraction']:.3f}{extra}")
+    print(f"wrote {args.out_dir}/summary.json and a .jsonl and .json per stream")
+    if s["interrupted"]:
+        return 143 if "SIGTERM" in s["ended"] else 130
     return 0
 
 
@@ -231,7 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("run", help="run a wrapped detector over a video, image folder or camera index")
-    p.add_argument("source", help="video file, image folder, or camera index (0, 1, ...)")
+    p.add_argument("source", nargs="+", help="video file, image folder, or camera index (0, 1, ...); several "
+                                             "run together (with --out-dir), their crops sharing the detector's batches")
+    p.add_argument("--out-dir", default=None, help="several sources: DIR/<stem>.jsonl and .json per stream, "
+                                                  "DIR/summary.json")
     p.add_argument("--detector", default="yolov5")
     p.add_argument("--weights", default=None)
     p.add_argument("--cfg", default=None, help="ultralytics model yaml (random init, timing only)")
@@ -242,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proposer-opt", nargs="+", metavar="KEY=VALUE")
     p.add_argument("--executor-opt", nargs="+", metavar="KEY=VALUE")
     p.add_argument("--detector-opt", nargs="+", metavar="KEY=VALUE", help="adapter options, e.g. depth=101")
-    p.add_argument("--out", default=None, help="annotated video (.mp4 or .avi)")
+    p.add_argument("--out", nargs="?", const=PER_STREAM, default=None,
+                   help="annotated video (.mp4 or .avi); with --out-dir, a bare --out writes DIR/<stem>.mp4 per stream")
     p.add_argument("--detections", default=None, help="per-frame detections, JSON lines (default: next to --json)")
     p.add_argument("--json", default=None, help="summary JSON")
     p.add_argument("--compare", action="store_true", help="also run the unwrapped detector on every frame")

@@ -20,7 +20,7 @@ from argos.proposers.base import Proposer
 from argos.registry import ADAPTERS, EXECUTORS, PROPOSERS
 from argos.structures import Detections, RegionProposals, SegmentationMap
 
-__all__ = ["wrap", "Wrapped", "FrameStats", "build_adapter"]
+__all__ = ["wrap", "Wrapped", "FrameStats", "build_adapter", "run_members"]
 
 
 @dataclass
@@ -117,60 +117,7 @@ class Wrapped:
         batch, single = as_image_list(images, self.channel_order)
         if single and targets is not None and not isinstance(targets, (list, tuple)):
             targets = [targets]
-        counted0 = counting_ms()
-        # A proposer that tracks detections below the output threshold (``detect_conf``) has the
-        # detector run at its threshold; only detections at the adapter's own ``conf`` come out.
-        out_conf = getattr(self.adapter, "conf", None)
-        detect_conf = getattr(self.proposer, "detect_conf", None)
-        lowered = detect_conf is not None and out_conf is not None and detect_conf < out_conf
-        t0 = time.perf_counter()
-        if lowered:
-            self.adapter.conf = detect_conf
-        try:
-            proposals = self.proposer.propose(batch, targets)
-            t1 = time.perf_counter()
-            # Images whose proposer already produced final detections (video key frames) skip the executor.
-            todo = [i for i, p in enumerate(proposals) if p.detections is None]
-            dets: List[Optional[Detections]] = [p.detections for p in proposals]
-            ex_gflops = [0.0] * len(batch)
-            detector_ms = sum(p.detections_ms for p in proposals)
-            if todo:
-                out = self.executor.run(self.adapter, [batch[i] for i in todo], [proposals[i] for i in todo])
-                ex = self.executor.last_stats
-                detector_ms += ex.get("detector_ms", 0.0)
-                for i, d, g in zip(todo, out, ex.get("gflops", [0.0] * len(todo))):
-                    dets[i], ex_gflops[i] = d, g
-        finally:
-            if lowered:
-                self.adapter.conf = out_conf
-        for i, p in enumerate(proposals):
-            if p.held is not None and len(p.held) and dets[i] is not None:
-                dets[i] = Detections.cat([dets[i], p.held.to(dets[i].boxes.device)])
-        seen = dets
-        if lowered:
-            dets = [d[d.scores >= out_conf] for d in dets]
-        t2 = time.perf_counter()
-        self.proposer.observe(seen)
-        areas = [p.area_fraction for p in proposals]
-        proposer_ms = (t1 - t0) * 1e3 - sum(p.detections_ms for p in proposals)
-        # First sight of an input shape makes adapter.flops() run a counting forward: bookkeeping
-        # for the stats, not inference, so it is left out of the times.
-        total_ms = (t2 - t0) * 1e3 - (counting_ms() - counted0)
-        self.last_proposals = proposals
-        n = len(batch)
-        self.last_stats = FrameStats(
-            images=n,
-            area_processed=sum(areas) / n,
-            regions=sum(len(p.boxes) for p in proposals),
-            proposer_ms=proposer_ms,
-            detector_ms=detector_ms,
-            overhead_ms=max(0.0, total_ms - proposer_ms - detector_ms),
-            total_ms=total_ms,
-            gflops=(sum(ex_gflops) + sum(p.detections_gflops for p in proposals)) / n,
-            gflops_proposer=sum(p.gflops for p in proposals) / n,
-            per_image_area=areas,
-            key_frames=sum(p.detections is not None for p in proposals),
-        )
+        (dets,) = run_members([self], [batch], [targets])
         return dets[0] if single else dets
 
     def __repr__(self) -> str:
@@ -178,6 +125,96 @@ class Wrapped:
             f"Wrapped(adapter={type(self.adapter).__name__}, proposer={type(self.proposer).__name__}, "
             f"executor={type(self.executor).__name__})"
         )
+
+
+def run_members(members: Sequence[Wrapped], batches: Sequence[List[Any]],
+                targets: Sequence[Optional[Sequence[Any]]]) -> List[List[Detections]]:
+    """One step of several streams that share one adapter and one executor: each member's
+    proposer proposes on its own images, then **one** executor call runs every image that needs
+    the detector (the packed-crops executor packs all their crops onto shared canvases), then each
+    proposer observes its own detections. ``batches[k]`` are member ``k``'s validated RGB images;
+    the caller holds the locks. Each member's ``last_stats`` gets its own proposer time and a
+    share of the executor's time in proportion to its images run.
+
+    With one member this is exactly ``Wrapped.__call__``.
+    """
+    first = members[0]
+    adapter, executor = first.adapter, first.executor
+    counted0 = counting_ms()
+    # A proposer that tracks detections below the output threshold (``detect_conf``) has the
+    # detector run at its threshold; only detections at the adapter's own ``conf`` come out.
+    out_conf = getattr(adapter, "conf", None)
+    detect_confs = {getattr(m.proposer, "detect_conf", None) for m in members}
+    if len(detect_confs) > 1:
+        raise ValueError(f"streams run together must share the proposer's detect_conf; got {sorted(map(str, detect_confs))}")
+    detect_conf = detect_confs.pop()
+    lowered = detect_conf is not None and out_conf is not None and detect_conf < out_conf
+    t0 = time.perf_counter()
+    proposals: List[List[RegionProposals]] = []
+    prop_ms: List[float] = []
+    if lowered:
+        adapter.conf = detect_conf
+    try:
+        for m, batch, tg in zip(members, batches, targets):
+            tp = time.perf_counter()
+            proposals.append(m.proposer.propose(batch, tg))
+            prop_ms.append((time.perf_counter() - tp) * 1e3)
+        t1 = time.perf_counter()
+        # Images whose proposer already produced final detections (video key frames) skip the executor.
+        dets: List[List[Optional[Detections]]] = [[p.detections for p in ps] for ps in proposals]
+        ex_gflops = [[0.0] * len(b) for b in batches]
+        todo = [(k, i) for k, ps in enumerate(proposals) for i, p in enumerate(ps) if p.detections is None]
+        ex_ms = 0.0
+        if todo:
+            out = executor.run(adapter, [batches[k][i] for k, i in todo], [proposals[k][i] for k, i in todo])
+            ex = executor.last_stats
+            ex_ms = ex.get("detector_ms", 0.0)
+            for (k, i), d, g in zip(todo, out, ex.get("gflops", [0.0] * len(todo))):
+                dets[k][i], ex_gflops[k][i] = d, g
+        t2 = time.perf_counter()
+    finally:
+        if lowered:
+            adapter.conf = out_conf
+    results: List[List[Detections]] = []
+    share = [sum(1 for k, _ in todo if k == j) / len(todo) if todo else 0.0 for j in range(len(members))]
+    run_ms = (t2 - t1) * 1e3
+    for k, (m, ps) in enumerate(zip(members, proposals)):
+        tk = time.perf_counter()
+        ds = dets[k]
+        for i, p in enumerate(ps):
+            if p.held is not None and len(p.held) and ds[i] is not None:
+                ds[i] = Detections.cat([ds[i], p.held.to(ds[i].boxes.device)])
+        seen = ds
+        if lowered:
+            ds = [d[d.scores >= out_conf] for d in ds]
+        m.proposer.observe(seen)
+        own_ms = (time.perf_counter() - tk) * 1e3
+        areas = [p.area_fraction for p in ps]
+        proposer_ms = prop_ms[k] - sum(p.detections_ms for p in ps)
+        detector_ms = sum(p.detections_ms for p in ps) + share[k] * ex_ms
+        # First sight of an input shape makes adapter.flops() run a counting forward: bookkeeping
+        # for the stats, not inference, so it is left out of the times (all of it, with one member).
+        counted = (counting_ms() - counted0) if len(members) == 1 else 0.0
+        total_ms = prop_ms[k] + share[k] * run_ms + own_ms - counted
+        if len(members) == 1:
+            total_ms = (time.perf_counter() - t0) * 1e3 - counted
+        m.last_proposals = ps
+        n = len(batches[k])
+        m.last_stats = FrameStats(
+            images=n,
+            area_processed=sum(areas) / n,
+            regions=sum(len(p.boxes) for p in ps),
+            proposer_ms=proposer_ms,
+            detector_ms=detector_ms,
+            overhead_ms=max(0.0, total_ms - proposer_ms - detector_ms),
+            total_ms=total_ms,
+            gflops=(sum(ex_gflops[k]) + sum(p.detections_gflops for p in ps)) / n,
+            gflops_proposer=sum(p.gflops for p in ps) / n,
+            per_image_area=areas,
+            key_frames=sum(p.detections is not None for p in ps),
+        )
+        results.append(ds)
+    return results
 
 
 _ADAPTER_LOCKS: "weakref.WeakKeyDictionary[Adapter, threading.RLock]" = weakref.WeakKeyDictionary()

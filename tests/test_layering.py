@@ -12,9 +12,10 @@ Layers, bottom to top (a module may import from its own unit or from a lower lay
 3. ``adapters``
 4. ``proposers`` and ``executors``, side by side (neither imports the other)
 5. ``wrap``
-6. ``argos`` itself (the ``__init__`` facade)
-7. ``tools`` (bench, run, pareto, QU-Net train/bench/export)
-8. ``cli``
+6. ``streams`` (several cameras through one ``wrap``)
+7. ``argos`` itself (the ``__init__`` facade)
+8. ``tools`` (bench, run, pareto, QU-Net train/bench/export)
+9. ``cli``
 
 Deprecated shims (modules that set ``__deprecated_shim__ = True``) keep old import paths alive for
 users; they are exempt as importers, and nothing inside ``argos`` may import them.
@@ -38,6 +39,7 @@ LAYERS: Sequence[Tuple[str, ...]] = (
     ("argos.adapters",),
     ("argos.proposers", "argos.executors"),
     ("argos.wrap",),
+    ("argos.streams",),
     ("argos",),
     ("argos.tools",),
     ("argos.cli",),

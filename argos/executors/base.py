@@ -60,13 +60,24 @@ class Executor(abc.ABC):
                 raise ValueError(f"image {i} is {tuple(im.shape[:2])} but its proposal mask is {p.image_size}")
 
     @staticmethod
-    def _timed_predict(adapter: Adapter, images: Sequence[np.ndarray]) -> Tuple[List[Detections], float, Tuple[int, int]]:
-        """Adapter pipeline on a batch -> (detections, ms, network input (h, w))."""
+    def _timed_predict(adapter: Adapter, images: Sequence[np.ndarray]) -> Tuple[List[Detections], float, List[Tuple[int, int]]]:
+        """Adapter pipeline on a batch -> (detections, ms, network input (h, w) per image).
+
+        Images of one size run in one call; images of another size in another, so that no
+        frame is padded to a larger one's letterbox (which would change its detections: frames
+        of several streams of different sizes meet here)."""
         t0 = time.perf_counter()
+        groups: Dict[Tuple[int, ...], List[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(tuple(im.shape), []).append(i)
+        dets: List[Optional[Detections]] = [None] * len(images)
+        hws: List[Tuple[int, int]] = [(0, 0)] * len(images)
         with torch.inference_mode():
-            batch, metas = adapter.preprocess(images)
-            dets = adapter.postprocess(adapter.forward(batch), metas)
-        return dets, (time.perf_counter() - t0) * 1e3, (int(batch.shape[-2]), int(batch.shape[-1]))
+            for idx in groups.values():
+                batch, metas = adapter.preprocess([images[i] for i in idx])
+                for i, d in zip(idx, adapter.postprocess(adapter.forward(batch), metas)):
+                    dets[i], hws[i] = d, (int(batch.shape[-2]), int(batch.shape[-1]))
+        return dets, (time.perf_counter() - t0) * 1e3, hws  # type: ignore[return-value]
 
 
 def keep_inside(dets: Detections, mask: torch.Tensor) -> Detections:

@@ -45,9 +45,9 @@ class MaskedExecutor(Executor):
         prep_ms = (time.perf_counter() - t0) * 1e3
 
         dets: List[Detections] = [self._empty_output(adapter, im.shape[:2]) for im in images]
-        detector_ms, input_hw = 0.0, (0, 0)
+        detector_ms, hws = 0.0, []
         if inputs:
-            out, detector_ms, input_hw = self._timed_predict(adapter, inputs)
+            out, detector_ms, hws = self._timed_predict(adapter, inputs)
             for i, d in zip(active, out):
                 dets[i] = d
         t1 = time.perf_counter()
@@ -55,11 +55,12 @@ class MaskedExecutor(Executor):
             dets = [self._fill_outside(adapter, d, p.mask) for d, p in zip(dets, proposals)]
         elif self.drop_outside:
             dets = [keep_inside(d, p.mask) for d, p in zip(dets, proposals)]
-        gflops = adapter.flops(input_hw) if inputs else 0.0
+        input_hw = hws[0] if hws else (0, 0)
+        gflops_of = dict(zip(active, (adapter.flops(hw) for hw in hws)))
         self.last_stats = {
             "detector_ms": detector_ms,
             "overhead_ms": prep_ms + (time.perf_counter() - t1) * 1e3,
-            "gflops": [gflops if i in active else 0.0 for i in range(len(images))],
+            "gflops": [gflops_of.get(i, 0.0) for i in range(len(images))],
             "input_hw": input_hw,
         }
         return dets

@@ -65,7 +65,8 @@ def _timed_predict_native(
     """Canvases through the adapter at scale 1 -> (detections in canvas pixels, ms, input (h, w))."""
     if not _has_native(adapter):
         # Canvases then have their long side at img_size, which a letterbox leaves unscaled.
-        return Executor._timed_predict(adapter, canvases)
+        dets, ms, hws = Executor._timed_predict(adapter, canvases)  # canvases share one size
+        return dets, ms, hws[0]
     t0 = time.perf_counter()
     with torch.inference_mode():
         batch, metas = adapter.preprocess_native(canvases)  # type: ignore[attr-defined]
@@ -286,12 +287,12 @@ class PackedCropsExecutor(Executor):
                 )
         full = [i for i in range(n) if plan.fallback[i]]
         full_dets: List[Detections] = []
-        full_hw: Tuple[int, int] = (0, 0)
+        full_hws: List[Tuple[int, int]] = []
         if full:
-            full_dets, ms, full_hw = self._timed_predict(adapter, [images[i] for i in full])
+            full_dets, ms, full_hws = self._timed_predict(adapter, [images[i] for i in full])
             detector_ms += ms
             if not canvases:
-                input_hw = full_hw
+                input_hw = full_hws[0]
 
         t1 = time.perf_counter()
         out = [self._empty_output(adapter, im.shape[:2]) for im in images]
@@ -323,12 +324,10 @@ class PackedCropsExecutor(Executor):
                     packed_area[i] += canvas_area * share
             for i in plan.frame_index.tolist():
                 crops_per_frame[i] += 1
-        if full:
-            full_gflops = float(adapter.flops(full_hw))
-            for i in full:
-                gflops[i] = full_gflops
-                packed_area[i] = float(full_hw[0] * full_hw[1])
-                crops_per_frame[i] = 1
+        for i, hw in zip(full, full_hws):
+            gflops[i] = float(adapter.flops(hw))
+            packed_area[i] = float(hw[0] * hw[1])
+            crops_per_frame[i] = 1
         frame_area = [float(g.input_size[0] * g.input_size[1]) for g in plan.geometry]
         map_ms = (time.perf_counter() - t1) * 1e3
         self.last_stats = {

@@ -1,0 +1,204 @@
+"""``argos run SRC1 SRC2 ... --out-dir DIR``: several streams, one executor call per tick.
+
+Per stream it writes ``DIR/<stem>.jsonl`` (one line per frame, as ``argos run`` writes) and
+``DIR/<stem>.json`` (its summary); with ``videos``, ``DIR/<stem>.mp4``. ``DIR/summary.json`` has
+``streams``, ``frames``, ``fps_total`` and, with ``compare``, ``baseline_fps_total`` (the
+unwrapped detector batched over the same ticks: frames of one size in one call) and ``speedup``.
+
+Each tick reads one frame of every stream still running, runs :meth:`argos.MultiStream.step`
+and, with ``compare``, the batched baseline; the two alternate which goes first. A source that
+fails to open or decode is reported in its summary and in ``summary.json`` (``errors``), and the
+others go on. Ctrl-C / SIGTERM stop after the tick in hand, as ``argos run`` does.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import cv2
+import torch
+
+from argos.data.video import VideoReader
+from argos.streams import MultiStream
+from argos.structures import Detections
+from argos.tools.outputs import check_outputs
+from argos.tools.run import _record, _StopRequest
+from argos.wrap import Wrapped
+
+__all__ = ["stream_paths", "run_streams"]
+
+
+def stream_paths(sources: Sequence[Union[str, int]], out_dir: Union[str, Path]) -> List[Dict[str, Path]]:
+    """``{"jsonl", "json", "mp4"}`` under ``out_dir`` per source, named by the source's stem (a
+    camera index as ``camera<N>``). Two sources with one stem are refused before anything starts."""
+    out_dir = Path(out_dir)
+    seen: Dict[str, Union[str, int]] = {}
+    paths = []
+    for src in sources:
+        text = str(src)
+        stem = f"camera{text}" if text.isdigit() else Path(text.rstrip("/")).stem or "stream"
+        if stem in seen:
+            raise ValueError(f"sources {seen[stem]!r} and {src!r} would both write {out_dir / stem}.jsonl; "
+                             "rename one, or run them in separate --out-dir folders")
+        if stem == "summary":
+            raise ValueError(f"source {src!r} would write {out_dir}/summary.json, which holds the run's summary")
+        seen[stem] = src
+        paths.append({k: out_dir / f"{stem}.{k}" for k in ("jsonl", "json", "mp4")})
+    return paths
+
+
+def _baseline(adapter, frames: Dict[int, Any]) -> Dict[int, Detections]:
+    """The unwrapped detector batched over one tick: one call per frame size."""
+    by_shape: Dict[tuple, List[int]] = {}
+    for k, f in frames.items():
+        by_shape.setdefault(f.shape, []).append(k)
+    out: Dict[int, Detections] = {}
+    for keys in by_shape.values():
+        for k, d in zip(keys, adapter.predict([frames[k] for k in keys])):
+            out[k] = d
+    return out
+
+
+def run_streams(fast: Wrapped, sources: Sequence[Union[str, int]], out_dir: Union[str, Path], compare: bool = False,
+                stride: int = 1, limit: Optional[int] = None, videos: bool = False, progress: bool = True,
+                min_score: float = 0.25) -> Dict[str, Any]:
+    """Run ``fast``'s configuration over ``sources`` at once; returns the ``summary.json`` dict."""
+    from tqdm import tqdm
+
+    from argos.metrics.detection import recall_vs_reference
+    from argos.viz import draw_overlay
+
+    sources = [int(s) if isinstance(s, str) and s.isdigit() else s for s in sources]
+    paths = stream_paths(sources, out_dir)
+    check_outputs(sources, [p[k] for p in paths for k in ("jsonl", "json")] + [Path(out_dir) / "summary.json"],
+                  [p["mp4"] for p in paths] if videos else [])
+    multi = MultiStream(fast, len(sources))
+    for m in multi.members:
+        m.proposer.reset()
+        m.channel_order = "rgb"
+    adapter, names = multi.adapter, multi.adapter.names
+    errors: Dict[int, str] = {}
+    iters: Dict[int, Any] = {}
+    readers: Dict[int, VideoReader] = {}
+    for k, src in enumerate(sources):
+        try:
+            readers[k] = VideoReader(src, stride=stride, limit=limit)
+            iters[k] = iter(readers[k])
+        except (OSError, ValueError) as err:
+            errors[k] = str(err)
+    lines = {k: open(paths[k]["jsonl"], "w") for k in iters}
+    writers: Dict[int, Any] = {}
+    per: Dict[int, Dict[str, Any]] = {k: {"frames": 0, "ms": [], "area": [], "key": 0, "ours": [], "theirs": []}
+                                      for k in range(len(sources))}
+    tick_ms: List[float] = []
+    base_ms: List[float] = []
+    shapes: Dict[int, tuple] = {}
+    stop = _StopRequest()
+    total = None
+    if all(r.frame_count is not None for r in readers.values()) and readers:
+        total = sum(len(r) for r in readers.values())
+    bar = tqdm(total=total, desc=f"{len(sources)} streams", unit="frame", disable=not progress)
+    ticks = 0
+    try:
+        with stop:
+            while iters and stop.signal is None:
+                tick: Dict[int, Any] = {}
+                index: Dict[int, int] = {}
+                for k in list(iters):
+                    try:
+                        index[k], tick[k] = next(iters[k])
+                    except StopIteration:
+                        del iters[k]
+                        if readers[k].error:
+                            errors[k] = readers[k].error
+                        continue
+                    except (OSError, ValueError) as err:
+                        del iters[k]
+                        errors[k] = str(err)
+                        continue
+                    if k in shapes and shapes[k] != tick[k].shape:
+                        multi.reset(k)
+                    shapes[k] = tick[k].shape
+                if not tick:
+                    break
+                base = None
+                if compare and ticks % 2 == 1:
+                    t0 = time.perf_counter()
+                    base = _baseline(adapter, tick)
+                    base_ms.append((time.perf_counter() - t0) * 1e3)
+                t0 = time.perf_counter()
+                dets = multi.step(tick)
+                tick_ms.append((time.perf_counter() - t0) * 1e3)
+                if compare and ticks % 2 == 0:
+                    t0 = time.perf_counter()
+                    base = _baseline(adapter, tick)
+                    base_ms.append((time.perf_counter() - t0) * 1e3)
+                ticks += 1
+                for k, d in dets.items():
+                    st, rec = multi.members[k].last_stats, per[k]
+                    lines[k].write(_record(index[k], d[d.scores >= min_score], names) + "\n")
+                    lines[k].flush()
+                    rec["frames"] += 1
+                    rec["ms"].append(st.total_ms)
+                    rec["area"].append(st.area_processed)
+                    rec["key"] += st.key_frames
+                    if compare:
+                        rec["ours"].append(d)
+                        rec["theirs"].append(base[k])
+                    if videos:
+                        if k not in writers:
+                            h, w = tick[k].shape[:2]
+                            writers[k] = cv2.VideoWriter(str(paths[k]["mp4"]), cv2.VideoWriter_fourcc(*"mp4v"),
+                                                         readers[k].fps or 10.0, (w, h))
+                        shown = draw_overlay(tick[k], multi.members[k].last_proposals[0], d, names, min_score=min_score)
+                        writers[k].write(cv2.cvtColor(shown, cv2.COLOR_RGB2BGR))
+                bar.update(len(dets))
+    except KeyboardInterrupt:
+        stop.signal = stop.signal or "SIGINT"
+    finally:
+        bar.close()
+        for f in lines.values():
+            f.close()
+        for w in writers.values():
+            w.release()
+
+    frames = sum(r["frames"] for r in per.values())
+    argos_total = sum(tick_ms)
+    summary: Dict[str, Any] = {
+        "streams": len(sources),
+        "frames": frames,
+        "ticks": ticks,
+        "interrupted": stop.signal is not None,
+        "ended": f"interrupted by {stop.signal}" if stop.signal else "end of every source",
+        "fps_total": 1e3 * frames / argos_total if argos_total else 0.0,
+        "tick_ms": {"median": statistics.median(tick_ms) if tick_ms else 0.0,
+                    "mean": statistics.mean(tick_ms) if tick_ms else 0.0},
+        "config": {"proposer": type(fast.proposer).__name__, "executor": type(fast.executor).__name__,
+                   "stride": stride, "limit": limit, "torch_threads": torch.get_num_threads()},
+        "errors": {str(sources[k]): msg for k, msg in errors.items()},
+        "per_stream": {},
+    }
+    if compare and base_ms:
+        summary["baseline_fps_total"] = 1e3 * frames / sum(base_ms)
+        summary["speedup"] = sum(base_ms) / argos_total
+    for k, src in enumerate(sources):
+        rec = per[k]
+        s: Dict[str, Any] = {"source": str(src), "frames": rec["frames"]}
+        if k in errors:
+            s["error"] = errors[k]
+        if rec["frames"]:
+            s.update(fps=1e3 * rec["frames"] / sum(rec["ms"]), area_processed=statistics.mean(rec["area"]),
+                     teacher_fraction=rec["key"] / rec["frames"])
+            if compare:
+                s["agreement"] = recall_vs_reference(rec["ours"], rec["theirs"], iou=0.5, min_score=min_score)
+        if k in lines:
+            paths[k]["json"].write_text(json.dumps(s, indent=2))
+        summary["per_stream"][str(src)] = s
+    if not frames and not stop.signal:
+        Path(out_dir, "summary.json").write_text(json.dumps(summary, indent=2))
+        raise ValueError("no stream delivered a frame: " + "; ".join(f"{sources[k]}: {m}" for k, m in errors.items()))
+    Path(out_dir, "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
