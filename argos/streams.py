@@ -22,7 +22,7 @@ from argos.io import as_image_list
 from argos.structures import Detections
 from argos.wrap import Wrapped, _adapter_lock, run_members, wrap
 
-__all__ = ["MultiStream", "streams"]
+__all__ = ["MultiStream", "Sources", "streams"]
 
 Frame = Tuple[int, np.ndarray, Detections]
 
@@ -122,38 +122,68 @@ def streams(
                     executor_kwargs=executor_kwargs, **adapter_kwargs)
     base.channel_order = "rgb"
     multi = MultiStream(base, len(sources))
-    iters: Dict[int, Iterator] = {}
-    readers: Dict[int, VideoReader] = {}
-    for k, src in enumerate(sources):
-        try:
-            readers[k] = VideoReader(src, stride=stride, limit=limit)
-            iters[k] = iter(readers[k])
-        except (OSError, ValueError) as err:
-            if errors is None:
-                raise
-            errors[k] = str(err)
-    shapes: Dict[int, Tuple[int, ...]] = {}
-    while iters:
-        tick: Dict[int, Tuple[int, np.ndarray]] = {}
-        for k in list(iters):
-            try:
-                index, frame = next(iters[k])
-            except StopIteration:
-                del iters[k]
-                if readers[k].error and errors is not None:
-                    errors[k] = readers[k].error
-                continue
-            except (OSError, ValueError) as err:
-                del iters[k]
-                if errors is None:
-                    raise
-                errors[k] = str(err)
-                continue
-            if k in shapes and shapes[k] != frame.shape:
-                multi.reset(k)
-            shapes[k] = frame.shape
-            tick[k] = (index, frame)
+    sources_ = Sources(sources, multi, stride=stride, limit=limit, raise_errors=errors is None)
+    while True:
+        tick = sources_.next_tick()
         if not tick:
             break
         dets = multi.step({k: f for k, (_, f) in tick.items()})
+        if errors is not None:
+            errors.update(sources_.errors)
         yield {k: (index, frame, dets[k]) for k, (index, frame) in tick.items()}
+    if errors is not None:
+        errors.update(sources_.errors)
+
+
+class Sources:
+    """The video sources of a :class:`MultiStream`, read one tick at a time.
+
+    A source that fails to open or to decode is recorded in :attr:`errors` (stream -> message) and
+    drops out (or, with ``raise_errors``, raises). A stream whose frame size changes has its
+    proposer started afresh.
+    """
+
+    def __init__(self, sources: Sequence[Union[str, int]], multi: MultiStream, stride: int = 1,
+                 limit: Optional[int] = None, raise_errors: bool = False) -> None:
+        self.multi, self.raise_errors = multi, raise_errors
+        self.errors: Dict[int, str] = {}
+        self.readers: Dict[int, VideoReader] = {}
+        self._iters: Dict[int, Iterator] = {}
+        self._shapes: Dict[int, Tuple[int, ...]] = {}
+        for k, src in enumerate(sources):
+            try:
+                self.readers[k] = VideoReader(src, stride=stride, limit=limit)
+                self._iters[k] = iter(self.readers[k])
+            except (OSError, ValueError) as err:
+                self._fail(k, err)
+
+    def _fail(self, k: int, err: Exception) -> None:
+        if self.raise_errors:
+            raise err
+        self.errors[k] = str(err)
+
+    @property
+    def open(self) -> List[int]:
+        """Streams that opened (whether or not they have ended since)."""
+        return sorted(self.readers)
+
+    def next_tick(self) -> Dict[int, Tuple[int, np.ndarray]]:
+        """``{stream: (frame index, RGB frame)}`` for every stream that still has a frame; empty at the end."""
+        tick: Dict[int, Tuple[int, np.ndarray]] = {}
+        for k in list(self._iters):
+            try:
+                index, frame = next(self._iters[k])
+            except StopIteration:
+                del self._iters[k]
+                if self.readers[k].error:
+                    self.errors[k] = self.readers[k].error
+                continue
+            except (OSError, ValueError) as err:
+                del self._iters[k]
+                self._fail(k, err)
+                continue
+            if k in self._shapes and self._shapes[k] != frame.shape:
+                self.multi.reset(k)
+            self._shapes[k] = frame.shape
+            tick[k] = (index, frame)
+        return tick

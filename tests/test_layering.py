@@ -33,7 +33,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "argos"
 
 LAYERS: Sequence[Tuple[str, ...]] = (
     ("argos.structures", "argos.registry", "argos.io", "argos.geometry", "argos.fusion",
-     "argos.assets", "argos.viz", "argos.testing", "argos._deprecation", "argos._memory"),
+     "argos.assets", "argos.viz", "argos.testing", "argos._deprecation", "argos._memory", "argos._onnxruntime"),
     ("argos.data", "argos.metrics"),
     ("argos.sparse",),
     ("argos.adapters",),

@@ -11,7 +11,7 @@ from torch import nn
 from argos.fusion import fold_batchnorm_params
 from argos.structures import Detections
 
-__all__ = ["Adapter", "check_batch", "fold_batchnorm_params"]
+__all__ = ["Adapter", "check_batch", "check_thresholds", "predict_by_shape", "fold_batchnorm_params"]
 
 
 class Adapter(abc.ABC):
@@ -108,3 +108,33 @@ def check_batch(images: Sequence[np.ndarray]) -> None:
         if not (isinstance(im, np.ndarray) and im.ndim == 3 and im.shape[2] == 3 and im.dtype == np.uint8):
             desc = f"{im.dtype} {im.shape}" if isinstance(im, np.ndarray) else type(im).__name__
             raise ValueError(f"image {k}: expected ndarray[H, W, 3] uint8 RGB, got {desc}")
+
+
+def check_thresholds(conf: Optional[float] = None, iou: Optional[float] = None, max_det: Optional[int] = None) -> None:
+    """Refuse a score threshold outside [0, 1], an NMS IoU outside (0, 1] or ``max_det < 1``
+    (``None`` skips a check)."""
+    if conf is not None and not 0.0 <= conf <= 1.0:
+        raise ValueError(f"conf must be in [0, 1], got {conf}")
+    if iou is not None and not 0.0 < iou <= 1.0:
+        raise ValueError(f"iou must be in (0, 1], got {iou}")
+    if max_det is not None and max_det < 1:
+        raise ValueError(f"max_det must be >= 1, got {max_det}")
+
+
+def predict_by_shape(adapter: "Adapter", images: Sequence[np.ndarray]) -> Tuple[List[Any], List[Tuple[int, int]]]:
+    """``adapter``'s pipeline with one call per image size -> (outputs, network input (h, w) per image).
+
+    ``adapter.predict`` on images of several sizes pads them to one letterbox, which changes the
+    smaller ones' detections; here each image gets what it gets alone (frames of several streams
+    of different sizes meet in one batch)."""
+    groups: Dict[Tuple[int, ...], List[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault(tuple(im.shape), []).append(i)
+    out: List[Any] = [None] * len(images)
+    hws: List[Tuple[int, int]] = [(0, 0)] * len(images)
+    with torch.inference_mode():
+        for idx in groups.values():
+            batch, metas = adapter.preprocess([images[i] for i in idx])
+            for i, d in zip(idx, adapter.postprocess(adapter.forward(batch), metas)):
+                out[i], hws[i] = d, (int(batch.shape[-2]), int(batch.shape[-1]))
+    return out, hws

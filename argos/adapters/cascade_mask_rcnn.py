@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from argos.adapters.base import Adapter, check_batch
+from argos.adapters.base import Adapter, check_batch, check_thresholds
 from argos.adapters.yolov5 import LetterboxMeta
 from argos.structures import Detections
 
@@ -145,10 +145,7 @@ class CascadeMaskRCNNAdapter(Adapter):
         proposals: int = 1000,
         device: Union[str, torch.device] = "cpu",
     ) -> None:
-        if not 0.0 <= conf <= 1.0:
-            raise ValueError(f"conf must be in [0, 1], got {conf}")
-        if max_det < 1:
-            raise ValueError(f"max_det must be >= 1, got {max_det}")
+        check_thresholds(conf=conf, max_det=max_det)
         if proposals < 1:
             raise ValueError(f"proposals must be >= 1, got {proposals}")
         if img_size < self.stride:

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from argos.adapters.base import Adapter, check_batch
-from argos.adapters.yolov5 import LetterboxMeta, boxes_to_original, letterbox, non_max_suppression
+from argos.adapters.base import Adapter, check_batch, check_thresholds
+from argos.adapters.yolov5 import LetterboxMeta, boxes_to_original, letterbox, non_max_suppression, stack_padded
 from argos.data.coco import COCO80_NAMES
 from argos.metrics.flops import bookkeeping
 from argos.structures import Detections
@@ -109,23 +109,20 @@ def load_names(names: Any) -> Dict[int, str]:
 
 
 class _OrtRuntime:
-    """An ONNX Runtime CPU session, threads fixed, no spinning workers."""
+    """An ONNX Runtime CPU session (:func:`argos._onnxruntime.cpu_session`): threads fixed, no spinning workers."""
 
     backend = "onnxruntime"
 
     def __init__(self, path: str, threads: int, precision: Optional[str] = None) -> None:
         if precision not in (None, "f32"):
             raise ValueError(f"onnxruntime runs the graph's own float32; precision={precision!r} is for backend='openvino'")
+        from argos._onnxruntime import cpu_session
+
         try:
-            import onnxruntime as ort
-        except ImportError as err:
-            raise ImportError("backend='onnxruntime' needs it: pip install onnxruntime (or argos-cv[export])") from err
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+            self.session = cpu_session(path, threads, missing="backend='onnxruntime' needs it: pip install "
+                                                              "onnxruntime (or argos-cv[export])")
+        except ImportError:
+            raise
         except Exception as err:
             raise ValueError(f"onnxruntime cannot load {path}: {err}") from None
         inp = self.session.get_inputs()
@@ -375,12 +372,7 @@ class ExportedAdapter(Adapter):
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if torch.device(device).type != "cpu":
             raise ValueError(f"the exported-model adapter runs on the CPU; got device={device!r}")
-        if not 0.0 <= conf <= 1.0:
-            raise ValueError(f"conf must be in [0, 1], got {conf}")
-        if not 0.0 < iou <= 1.0:
-            raise ValueError(f"iou must be in (0, 1], got {iou}")
-        if max_det < 1:
-            raise ValueError(f"max_det must be >= 1, got {max_det}")
+        check_thresholds(conf, iou, max_det)
         if channel_order not in (None, "rgb", "bgr"):
             raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
         self.path = Path(weights)
@@ -498,10 +490,7 @@ class ExportedAdapter(Adapter):
                 b, meta = letterbox(im, size, self.stride, rect, self.pad_value)
             boxed.append(b)
             metas.append(meta)
-        h, w = max(b.shape[0] for b in boxed), max(b.shape[1] for b in boxed)
-        arr = np.full((len(boxed), h, w, 3), self.pad_value, dtype=np.uint8)
-        for k, b in enumerate(boxed):
-            arr[k, : b.shape[0], : b.shape[1]] = b
+        arr = stack_padded(boxed, self.pad_value)
         if self.channel_order == "bgr":
             arr = arr[..., ::-1]
         x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from argos.adapters.base import Adapter, check_batch
+from argos.adapters.base import Adapter, check_batch, check_thresholds
 from argos.adapters.yolov5 import LetterboxMeta
 from argos.structures import Detections
 
@@ -171,10 +171,7 @@ class TorchvisionAdapter(Adapter):
         device: Union[str, torch.device] = "cpu",
         **model_kwargs: Any,
     ) -> None:
-        if conf is not None and not 0.0 <= conf <= 1.0:
-            raise ValueError(f"conf must be in [0, 1], got {conf}")
-        if max_det is not None and max_det < 1:
-            raise ValueError(f"max_det must be >= 1, got {max_det}")
+        check_thresholds(conf=conf, max_det=max_det)
         if img_size is not None and img_size < self.stride:
             raise ValueError(f"img_size must be >= {self.stride}, got {img_size}")
         if img_size is not None and {"min_size", "max_size"} & set(model_kwargs):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from argos.adapters.base import Adapter, check_batch
+from argos.adapters.base import Adapter, check_batch, check_thresholds
 from argos.fusion import fold_batchnorm_params
 from argos.structures import Detections
 
@@ -27,6 +27,7 @@ __all__ = [
     "fold_batchnorm",
     "LetterboxMeta",
     "letterbox",
+    "stack_padded",
     "boxes_to_original",
     "non_max_suppression",
 ]
@@ -86,6 +87,17 @@ def letterbox(
         ratio=(new_w / w, new_h / h), pad=(left, top), orig_size=(h, w), input_size=image.shape[:2]
     )
     return image, meta
+
+
+def stack_padded(images: Sequence[np.ndarray], pad_value: int) -> np.ndarray:
+    """Letterboxed images -> ndarray[B, h, w, 3] uint8, each padded bottom/right with ``pad_value``
+    to the largest ``(h, w)`` (their metas' top/left offsets stay valid)."""
+    h = max(b.shape[0] for b in images)
+    w = max(b.shape[1] for b in images)
+    arr = np.full((len(images), h, w, 3), pad_value, dtype=np.uint8)
+    for k, b in enumerate(images):
+        arr[k, : b.shape[0], : b.shape[1]] = b
+    return arr
 
 
 def boxes_to_original(boxes: torch.Tensor, meta: LetterboxMeta) -> torch.Tensor:
@@ -280,12 +292,7 @@ class YOLOv5Adapter(Adapter):
         given = [k for k, v in (("weights", weights), ("model", model), ("cfg", cfg)) if v is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of weights, model or cfg (got {given or 'none'})")
-        if not 0.0 <= conf <= 1.0:
-            raise ValueError(f"conf must be in [0, 1], got {conf}")
-        if not 0.0 < iou <= 1.0:
-            raise ValueError(f"iou must be in (0, 1], got {iou}")
-        if max_det < 1:
-            raise ValueError(f"max_det must be >= 1, got {max_det}")
+        check_thresholds(conf, iou, max_det)
         self.device = torch.device(device)
         self.img_size = int(img_size)
         self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)
@@ -390,11 +397,7 @@ class YOLOv5Adapter(Adapter):
             b, meta = letterbox(im, size, self.stride, rect, self.pad_value)
             boxed.append(b)
             metas.append(meta)
-        h = max(b.shape[0] for b in boxed)
-        w = max(b.shape[1] for b in boxed)
-        arr = np.full((len(boxed), h, w, 3), self.pad_value, dtype=np.uint8)
-        for k, b in enumerate(boxed):
-            arr[k, : b.shape[0], : b.shape[1]] = b
+        arr = stack_padded(boxed, self.pad_value)
         dtype = next(self._net.parameters()).dtype
         # Move as uint8 (4x less to copy), convert on the device.
         batch = torch.from_numpy(arr).to(self.device).permute(0, 3, 1, 2).contiguous()

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from argos.adapters.base import Adapter
+from argos.adapters.base import Adapter, predict_by_shape
 from argos.structures import Detections, RegionProposals, SegmentationMap
 
 __all__ = [
@@ -61,23 +61,11 @@ class Executor(abc.ABC):
 
     @staticmethod
     def _timed_predict(adapter: Adapter, images: Sequence[np.ndarray]) -> Tuple[List[Detections], float, List[Tuple[int, int]]]:
-        """Adapter pipeline on a batch -> (detections, ms, network input (h, w) per image).
-
-        Images of one size run in one call; images of another size in another, so that no
-        frame is padded to a larger one's letterbox (which would change its detections: frames
-        of several streams of different sizes meet here)."""
+        """Adapter pipeline on a batch, one call per image size (:func:`~argos.adapters.base.predict_by_shape`:
+        no frame is padded to a larger one's letterbox) -> (detections, ms, network input (h, w) per image)."""
         t0 = time.perf_counter()
-        groups: Dict[Tuple[int, ...], List[int]] = {}
-        for i, im in enumerate(images):
-            groups.setdefault(tuple(im.shape), []).append(i)
-        dets: List[Optional[Detections]] = [None] * len(images)
-        hws: List[Tuple[int, int]] = [(0, 0)] * len(images)
-        with torch.inference_mode():
-            for idx in groups.values():
-                batch, metas = adapter.preprocess([images[i] for i in idx])
-                for i, d in zip(idx, adapter.postprocess(adapter.forward(batch), metas)):
-                    dets[i], hws[i] = d, (int(batch.shape[-2]), int(batch.shape[-1]))
-        return dets, (time.perf_counter() - t0) * 1e3, hws  # type: ignore[return-value]
+        dets, hws = predict_by_shape(adapter, images)
+        return dets, (time.perf_counter() - t0) * 1e3, hws
 
 
 def keep_inside(dets: Detections, mask: torch.Tensor) -> Detections:

@@ -21,8 +21,8 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import cv2
 import torch
 
-from argos.data.video import VideoReader
-from argos.streams import MultiStream
+from argos.adapters.base import predict_by_shape
+from argos.streams import MultiStream, Sources
 from argos.structures import Detections
 from argos.tools.outputs import check_outputs
 from argos.tools.run import _record, _StopRequest
@@ -52,14 +52,9 @@ def stream_paths(sources: Sequence[Union[str, int]], out_dir: Union[str, Path]) 
 
 def _baseline(adapter, frames: Dict[int, Any]) -> Dict[int, Detections]:
     """The unwrapped detector batched over one tick: one call per frame size."""
-    by_shape: Dict[tuple, List[int]] = {}
-    for k, f in frames.items():
-        by_shape.setdefault(f.shape, []).append(k)
-    out: Dict[int, Detections] = {}
-    for keys in by_shape.values():
-        for k, d in zip(keys, adapter.predict([frames[k] for k in keys])):
-            out[k] = d
-    return out
+    keys = list(frames)
+    dets, _ = predict_by_shape(adapter, [frames[k] for k in keys])
+    return dict(zip(keys, dets))
 
 
 def run_streams(fast: Wrapped, sources: Sequence[Union[str, int]], out_dir: Union[str, Path], compare: bool = False,
@@ -80,23 +75,15 @@ def run_streams(fast: Wrapped, sources: Sequence[Union[str, int]], out_dir: Unio
         m.proposer.reset()
         m.channel_order = "rgb"
     adapter, names = multi.adapter, multi.adapter.names
-    errors: Dict[int, str] = {}
-    iters: Dict[int, Any] = {}
-    readers: Dict[int, VideoReader] = {}
-    for k, src in enumerate(sources):
-        try:
-            readers[k] = VideoReader(src, stride=stride, limit=limit)
-            iters[k] = iter(readers[k])
-        except (OSError, ValueError) as err:
-            errors[k] = str(err)
-    lines = {k: open(paths[k]["jsonl"], "w") for k in iters}
+    srcs = Sources(sources, multi, stride=stride, limit=limit)
+    lines = {k: open(paths[k]["jsonl"], "w") for k in srcs.open}
     writers: Dict[int, Any] = {}
     per: Dict[int, Dict[str, Any]] = {k: {"frames": 0, "ms": [], "area": [], "key": 0, "ours": [], "theirs": []}
                                       for k in range(len(sources))}
     tick_ms: List[float] = []
     base_ms: List[float] = []
-    shapes: Dict[int, tuple] = {}
     stop = _StopRequest()
+    readers = srcs.readers
     total = None
     if all(r.frame_count is not None for r in readers.values()) and readers:
         total = sum(len(r) for r in readers.values())
@@ -104,26 +91,12 @@ def run_streams(fast: Wrapped, sources: Sequence[Union[str, int]], out_dir: Unio
     ticks = 0
     try:
         with stop:
-            while iters and stop.signal is None:
-                tick: Dict[int, Any] = {}
-                index: Dict[int, int] = {}
-                for k in list(iters):
-                    try:
-                        index[k], tick[k] = next(iters[k])
-                    except StopIteration:
-                        del iters[k]
-                        if readers[k].error:
-                            errors[k] = readers[k].error
-                        continue
-                    except (OSError, ValueError) as err:
-                        del iters[k]
-                        errors[k] = str(err)
-                        continue
-                    if k in shapes and shapes[k] != tick[k].shape:
-                        multi.reset(k)
-                    shapes[k] = tick[k].shape
-                if not tick:
+            while stop.signal is None:
+                index_frame = srcs.next_tick()
+                if not index_frame:
                     break
+                index = {k: i for k, (i, _) in index_frame.items()}
+                tick = {k: f for k, (_, f) in index_frame.items()}
                 base = None
                 if compare and ticks % 2 == 1:
                     t0 = time.perf_counter()
@@ -178,7 +151,7 @@ def run_streams(fast: Wrapped, sources: Sequence[Union[str, int]], out_dir: Unio
                     "mean": statistics.mean(tick_ms) if tick_ms else 0.0},
         "config": {"proposer": type(fast.proposer).__name__, "executor": type(fast.executor).__name__,
                    "stride": stride, "limit": limit, "torch_threads": torch.get_num_threads()},
-        "errors": {str(sources[k]): msg for k, msg in errors.items()},
+        "errors": {str(sources[k]): msg for k, msg in srcs.errors.items()},
         "per_stream": {},
     }
     if compare and base_ms:
@@ -187,8 +160,8 @@ def run_streams(fast: Wrapped, sources: Sequence[Union[str, int]], out_dir: Unio
     for k, src in enumerate(sources):
         rec = per[k]
         s: Dict[str, Any] = {"source": str(src), "frames": rec["frames"]}
-        if k in errors:
-            s["error"] = errors[k]
+        if k in srcs.errors:
+            s["error"] = srcs.errors[k]
         if rec["frames"]:
             s.update(fps=1e3 * rec["frames"] / sum(rec["ms"]), area_processed=statistics.mean(rec["area"]),
                      teacher_fraction=rec["key"] / rec["frames"])
@@ -199,6 +172,6 @@ def run_streams(fast: Wrapped, sources: Sequence[Union[str, int]], out_dir: Unio
         summary["per_stream"][str(src)] = s
     if not frames and not stop.signal:
         Path(out_dir, "summary.json").write_text(json.dumps(summary, indent=2))
-        raise ValueError("no stream delivered a frame: " + "; ".join(f"{sources[k]}: {m}" for k, m in errors.items()))
+        raise ValueError("no stream delivered a frame: " + "; ".join(f"{sources[k]}: {m}" for k, m in srcs.errors.items()))
     Path(out_dir, "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -169,14 +169,7 @@ def ort_session(onnx: Union[PathLike, bytes]):
     """An onnxruntime CPU session on an exported model (a file, or its bytes), with PyTorch's
     thread count and no spinning workers: by default they spin after each run, which next to
     PyTorch's own thread pool (a detector runs right after) steals the cores both need."""
-    try:
-        import onnxruntime as ort
-    except ImportError as err:
-        raise ImportError("running QU-Net in onnxruntime needs it: pip install onnxruntime onnx "
-                          "(or argos[export])") from err  # fmt: skip
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, torch.get_num_threads())
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    model = onnx if isinstance(onnx, bytes) else str(onnx)
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    from argos._onnxruntime import cpu_session
+
+    return cpu_session(onnx, torch.get_num_threads(), missing="running QU-Net in onnxruntime needs it: pip install "
+                                                             "onnxruntime onnx (or argos[export])")
