@@ -151,6 +151,16 @@ def cmd_run(args) -> int:
     from argos.wrap import wrap
 
     sources = args.source
+    if args.ray is not None:
+        from argos.tools.ray_streams import looks_like_ray_address
+
+        if not looks_like_ray_address(args.ray):  # `--ray SRC1 SRC2`: SRC1 is a source, not an address
+            sources.insert(0, args.ray)
+            args.ray = "local"
+        if args.out_dir is None:
+            raise ValueError("--ray writes per-stream outputs: give --out-dir DIR")
+        if args.out is not None:
+            raise ValueError("--ray writes no videos (--out); run without --ray for annotated videos")
     multi = len(sources) > 1 or args.out_dir is not None
     if multi:
         from argos.tools.streams import stream_paths
@@ -179,8 +189,20 @@ def cmd_run(args) -> int:
     args.detector = detector_for(args.detector, args.weights)
     adapter_kwargs = adapter_kwargs_for(args.detector, args.img_size, conf=args.conf, weights=args.weights,
                                         cfg=args.cfg, extra=parse_kv(args.detector_opt))
-    fast = wrap(args.detector, args.proposer, args.executor, proposer_kwargs=parse_kv(args.proposer_opt),
-                executor_kwargs=parse_kv(args.executor_opt), **adapter_kwargs)
+    build = dict(detector=args.detector, proposer=args.proposer, executor=args.executor,
+                 proposer_kwargs=parse_kv(args.proposer_opt), executor_kwargs=parse_kv(args.executor_opt),
+                 **adapter_kwargs)
+    fast = wrap(**build)  # here too under --ray: a bad name or weights file fails before Ray starts
+    if args.ray is not None:
+        from argos.tools.ray_streams import run_streams_ray
+
+        del fast
+        s = run_streams_ray(build, sources, args.out_dir, address=args.ray, workers=args.ray_workers,
+                            threads=args.threads or 1, compare=args.compare, stride=args.stride, limit=args.limit,
+                            progress=not args.no_progress)
+        print(f"Ray: {s['workers']} workers, {s['restarts']} restarts, start-up {s['startup_s']:.1f} s | "
+              f"{s['fps_wall']:.1f} fps wall")
+        return _print_many(s, args)
     if multi:
         return _run_many(fast, args)
     cfg = RunConfig(source=args.source, out_video=args.out, detections=detections, summary=args.json,
@@ -216,7 +238,12 @@ def _run_many(fast, args) -> int:
 
     s = run_streams(fast, args.source, args.out_dir, compare=args.compare, stride=args.stride, limit=args.limit,
                     videos=args.out == PER_STREAM, progress=not args.no_progress)
-    print(f"{s['streams']} streams | {s['frames']} frames in {s['ticks']} ticks | {s['fps_total']:.1f} fps total"
+    return _print_many(s, args)
+
+
+def _print_many(s, args) -> int:
+    ticks = f" in {s['ticks']} ticks" if "ticks" in s else ""
+    print(f"{s['streams']} streams | {s['frames']} frames{ticks} | {s['fps_total']:.1f} fps total"
           + (f" | baseline (batched) {s['baseline_fps_total']:.1f} fps | speedup {s['speedup']:.2f}x"
              if "speedup" in s else ""))
     for src, st in s["per_stream"].items():
@@ -278,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
                                              "run together (with --out-dir), their crops sharing the detector's batches")
     p.add_argument("--out-dir", default=None, help="several sources: DIR/<stem>.jsonl and .json per stream, "
                                                   "DIR/summary.json")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="place the streams on Ray workers: a local instance, or the cluster at ADDRESS "
+                        "(auto, ray://host:port); a worker that dies has its streams restarted")
+    p.add_argument("--ray-workers", type=positive_int, default=None,
+                   help="--ray: workers to place (default: the cluster's CPUs / --threads, at most one per source)")
     p.add_argument("--detector", default="yolov5")
     p.add_argument("--weights", default=None)
     p.add_argument("--cfg", default=None, help="ultralytics model yaml (random init, timing only)")

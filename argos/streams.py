@@ -140,11 +140,18 @@ class Sources:
 
     A source that fails to open or to decode is recorded in :attr:`errors` (stream -> message) and
     drops out (or, with ``raise_errors``, raises). A stream whose frame size changes has its
-    proposer started afresh.
+    proposer started afresh. ``starts`` and ``limits`` (one per source) resume a stream part-way:
+    its first frame index, and how many frames it has left (``None``: ``limit``).
     """
 
     def __init__(self, sources: Sequence[Union[str, int]], multi: MultiStream, stride: int = 1,
-                 limit: Optional[int] = None, raise_errors: bool = False) -> None:
+                 limit: Optional[int] = None, raise_errors: bool = False,
+                 starts: Optional[Sequence[int]] = None, limits: Optional[Sequence[Optional[int]]] = None) -> None:
+        starts = [0] * len(sources) if starts is None else list(starts)
+        limits = [limit] * len(sources) if limits is None else [limit if n is None else n for n in limits]
+        if len(starts) != len(sources) or len(limits) != len(sources):
+            raise ValueError(f"need one start and one limit per source ({len(sources)}), "
+                             f"got {len(starts)} and {len(limits)}")
         self.multi, self.raise_errors = multi, raise_errors
         self.errors: Dict[int, str] = {}
         self.readers: Dict[int, VideoReader] = {}
@@ -152,7 +159,7 @@ class Sources:
         self._shapes: Dict[int, Tuple[int, ...]] = {}
         for k, src in enumerate(sources):
             try:
-                self.readers[k] = VideoReader(src, stride=stride, limit=limit)
+                self.readers[k] = VideoReader(src, stride=stride, limit=limits[k], start=starts[k])
                 self._iters[k] = iter(self.readers[k])
             except (OSError, ValueError) as err:
                 self._fail(k, err)
@@ -161,6 +168,11 @@ class Sources:
         if self.raise_errors:
             raise err
         self.errors[k] = str(err)
+
+    @property
+    def running(self) -> List[int]:
+        """Streams that have not ended yet."""
+        return sorted(self._iters)
 
     @property
     def open(self) -> List[int]:

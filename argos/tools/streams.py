@@ -28,7 +28,7 @@ from argos.tools.outputs import check_outputs
 from argos.tools.run import _record, _StopRequest
 from argos.wrap import Wrapped
 
-__all__ = ["stream_paths", "run_streams"]
+__all__ = ["stream_paths", "run_streams", "StreamShare", "stream_summary"]
 
 
 def stream_paths(sources: Sequence[Union[str, int]], out_dir: Union[str, Path]) -> List[Dict[str, Path]]:
@@ -57,25 +57,86 @@ def _baseline(adapter, frames: Dict[int, Any]) -> Dict[int, Detections]:
     return dict(zip(keys, dets))
 
 
+class StreamShare:
+    """The tick loop over a share of the sources, as ``run_streams`` and each Ray worker run it.
+
+    Each :meth:`tick` reads one frame of every stream still running, runs
+    :meth:`argos.MultiStream.step` and, with ``compare``, the batched baseline (the two alternate
+    which goes first). ``starts`` / ``limits`` resume streams part-way (see :class:`Sources`).
+    """
+
+    def __init__(self, fast: Wrapped, sources: Sequence[Union[str, int]], compare: bool = False, stride: int = 1,
+                 limit: Optional[int] = None, starts: Optional[Sequence[int]] = None,
+                 limits: Optional[Sequence[Optional[int]]] = None, min_score: float = 0.25) -> None:
+        self.multi = MultiStream(fast, len(sources))
+        for m in self.multi.members:
+            m.proposer.reset()
+            m.channel_order = "rgb"
+        self.compare, self.min_score, self.ticks = compare, min_score, 0
+        self.srcs = Sources(sources, self.multi, stride=stride, limit=limit, starts=starts, limits=limits)
+
+    def tick(self) -> Optional[Dict[str, Any]]:
+        """One tick: ``{"ms", "base_ms", "frames", "images"}``, or ``None`` when every stream has ended.
+
+        ``frames`` maps stream -> ``{"index", "dets", "base", "ms", "area", "key"}``: detections at
+        ``min_score`` or above, the baseline's (with ``compare``), and the stream's share of the step.
+        """
+        index_frame = self.srcs.next_tick()
+        if not index_frame:
+            return None
+        tick = {k: f for k, (_, f) in index_frame.items()}
+        base, base_ms = None, None
+        if self.compare and self.ticks % 2 == 1:
+            t0 = time.perf_counter()
+            base = _baseline(self.multi.adapter, tick)
+            base_ms = (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter()
+        dets = self.multi.step(tick)
+        ms = (time.perf_counter() - t0) * 1e3
+        if self.compare and self.ticks % 2 == 0:
+            t0 = time.perf_counter()
+            base = _baseline(self.multi.adapter, tick)
+            base_ms = (time.perf_counter() - t0) * 1e3
+        self.ticks += 1
+        frames = {}
+        for k, d in dets.items():
+            st = self.multi.members[k].last_stats
+            frames[k] = {"index": index_frame[k][0], "dets": d[d.scores >= self.min_score],
+                         "base": None if base is None else base[k][base[k].scores >= self.min_score],
+                         "ms": st.total_ms, "area": st.area_processed, "key": st.key_frames}
+        return {"ms": ms, "base_ms": base_ms, "frames": frames, "images": tick}
+
+
+def stream_summary(source: Union[str, int], frames: int, ms: Sequence[float], area: Sequence[float], key: int,
+                   ours: Sequence[Detections], theirs: Sequence[Detections], compare: bool, min_score: float,
+                   error: Optional[str] = None) -> Dict[str, Any]:
+    """One stream's ``<stem>.json``: frames, fps, area processed, key-frame share and, with ``compare``, agreement."""
+    from argos.metrics.detection import recall_vs_reference
+
+    s: Dict[str, Any] = {"source": str(source), "frames": frames}
+    if error is not None:
+        s["error"] = error
+    if frames:
+        s.update(fps=1e3 * frames / sum(ms), area_processed=statistics.mean(area), teacher_fraction=key / frames)
+        if compare:
+            s["agreement"] = recall_vs_reference(ours, theirs, iou=0.5, min_score=min_score)
+    return s
+
+
 def run_streams(fast: Wrapped, sources: Sequence[Union[str, int]], out_dir: Union[str, Path], compare: bool = False,
                 stride: int = 1, limit: Optional[int] = None, videos: bool = False, progress: bool = True,
                 min_score: float = 0.25) -> Dict[str, Any]:
     """Run ``fast``'s configuration over ``sources`` at once; returns the ``summary.json`` dict."""
     from tqdm import tqdm
 
-    from argos.metrics.detection import recall_vs_reference
     from argos.viz import draw_overlay
 
     sources = [int(s) if isinstance(s, str) and s.isdigit() else s for s in sources]
     paths = stream_paths(sources, out_dir)
     check_outputs(sources, [p[k] for p in paths for k in ("jsonl", "json")] + [Path(out_dir) / "summary.json"],
                   [p["mp4"] for p in paths] if videos else [])
-    multi = MultiStream(fast, len(sources))
-    for m in multi.members:
-        m.proposer.reset()
-        m.channel_order = "rgb"
-    adapter, names = multi.adapter, multi.adapter.names
-    srcs = Sources(sources, multi, stride=stride, limit=limit)
+    share = StreamShare(fast, sources, compare=compare, stride=stride, limit=limit, min_score=min_score)
+    multi, srcs, names = share.multi, share.srcs, share.multi.adapter.names
     lines = {k: open(paths[k]["jsonl"], "w") for k in srcs.open}
     writers: Dict[int, Any] = {}
     per: Dict[int, Dict[str, Any]] = {k: {"frames": 0, "ms": [], "area": [], "key": 0, "ours": [], "theirs": []}
@@ -88,47 +149,36 @@ def run_streams(fast: Wrapped, sources: Sequence[Union[str, int]], out_dir: Unio
     if all(r.frame_count is not None for r in readers.values()) and readers:
         total = sum(len(r) for r in readers.values())
     bar = tqdm(total=total, desc=f"{len(sources)} streams", unit="frame", disable=not progress)
-    ticks = 0
     try:
         with stop:
             while stop.signal is None:
-                index_frame = srcs.next_tick()
-                if not index_frame:
+                out = share.tick()
+                if out is None:
                     break
-                index = {k: i for k, (i, _) in index_frame.items()}
-                tick = {k: f for k, (_, f) in index_frame.items()}
-                base = None
-                if compare and ticks % 2 == 1:
-                    t0 = time.perf_counter()
-                    base = _baseline(adapter, tick)
-                    base_ms.append((time.perf_counter() - t0) * 1e3)
-                t0 = time.perf_counter()
-                dets = multi.step(tick)
-                tick_ms.append((time.perf_counter() - t0) * 1e3)
-                if compare and ticks % 2 == 0:
-                    t0 = time.perf_counter()
-                    base = _baseline(adapter, tick)
-                    base_ms.append((time.perf_counter() - t0) * 1e3)
-                ticks += 1
-                for k, d in dets.items():
-                    st, rec = multi.members[k].last_stats, per[k]
-                    lines[k].write(_record(index[k], d[d.scores >= min_score], names) + "\n")
+                tick_ms.append(out["ms"])
+                if out["base_ms"] is not None:
+                    base_ms.append(out["base_ms"])
+                for k, fr in out["frames"].items():
+                    rec = per[k]
+                    lines[k].write(_record(fr["index"], fr["dets"], names) + "\n")
                     lines[k].flush()
                     rec["frames"] += 1
-                    rec["ms"].append(st.total_ms)
-                    rec["area"].append(st.area_processed)
-                    rec["key"] += st.key_frames
+                    rec["ms"].append(fr["ms"])
+                    rec["area"].append(fr["area"])
+                    rec["key"] += fr["key"]
                     if compare:
-                        rec["ours"].append(d)
-                        rec["theirs"].append(base[k])
+                        rec["ours"].append(fr["dets"])
+                        rec["theirs"].append(fr["base"])
                     if videos:
+                        image = out["images"][k]
                         if k not in writers:
-                            h, w = tick[k].shape[:2]
+                            h, w = image.shape[:2]
                             writers[k] = cv2.VideoWriter(str(paths[k]["mp4"]), cv2.VideoWriter_fourcc(*"mp4v"),
                                                          readers[k].fps or 10.0, (w, h))
-                        shown = draw_overlay(tick[k], multi.members[k].last_proposals[0], d, names, min_score=min_score)
+                        shown = draw_overlay(image, multi.members[k].last_proposals[0], fr["dets"], names,
+                                             min_score=min_score)
                         writers[k].write(cv2.cvtColor(shown, cv2.COLOR_RGB2BGR))
-                bar.update(len(dets))
+                bar.update(len(out["frames"]))
     except KeyboardInterrupt:
         stop.signal = stop.signal or "SIGINT"
     finally:
@@ -137,6 +187,7 @@ def run_streams(fast: Wrapped, sources: Sequence[Union[str, int]], out_dir: Unio
             f.close()
         for w in writers.values():
             w.release()
+    ticks = share.ticks
 
     frames = sum(r["frames"] for r in per.values())
     argos_total = sum(tick_ms)
@@ -159,14 +210,8 @@ def run_streams(fast: Wrapped, sources: Sequence[Union[str, int]], out_dir: Unio
         summary["speedup"] = sum(base_ms) / argos_total
     for k, src in enumerate(sources):
         rec = per[k]
-        s: Dict[str, Any] = {"source": str(src), "frames": rec["frames"]}
-        if k in srcs.errors:
-            s["error"] = srcs.errors[k]
-        if rec["frames"]:
-            s.update(fps=1e3 * rec["frames"] / sum(rec["ms"]), area_processed=statistics.mean(rec["area"]),
-                     teacher_fraction=rec["key"] / rec["frames"])
-            if compare:
-                s["agreement"] = recall_vs_reference(rec["ours"], rec["theirs"], iou=0.5, min_score=min_score)
+        s = stream_summary(src, rec["frames"], rec["ms"], rec["area"], rec["key"], rec["ours"], rec["theirs"],
+                           compare, min_score, srcs.errors.get(k))
         if k in lines:
             paths[k]["json"].write_text(json.dumps(s, indent=2))
         summary["per_stream"][str(src)] = s
