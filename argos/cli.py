@@ -187,11 +187,19 @@ def cmd_run(args) -> int:
 
         torch.set_num_threads(args.threads)
     args.detector = detector_for(args.detector, args.weights)
+    calibration = None
+    if args.calibration:
+        from argos.calibration import load_calibration
+
+        calibration = load_calibration(args.calibration)
+        if args.img_size is None:
+            args.img_size = calibration.img_size
+    args.img_size = args.img_size or 640
     adapter_kwargs = adapter_kwargs_for(args.detector, args.img_size, conf=args.conf, weights=args.weights,
                                         cfg=args.cfg, extra=parse_kv(args.detector_opt))
     build = dict(detector=args.detector, proposer=args.proposer, executor=args.executor,
                  proposer_kwargs=parse_kv(args.proposer_opt), executor_kwargs=parse_kv(args.executor_opt),
-                 **adapter_kwargs)
+                 calibration=calibration, **adapter_kwargs)
     fast = wrap(**build)  # here too under --ray: a bad name or weights file fails before Ray starts
     if args.ray is not None:
         from argos.tools.ray_streams import run_streams_ray
@@ -265,6 +273,12 @@ def cmd_pareto(args) -> int:
     return pareto_main(args)
 
 
+def cmd_calibrate(args) -> int:
+    from argos.tools.calibrate import main as calibrate_main
+
+    return calibrate_main(args)
+
+
 def cmd_list(args) -> int:
     import argos
 
@@ -315,7 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", default=None, help="ultralytics model yaml (random init, timing only)")
     p.add_argument("--proposer", default="auto", help="registered name (default auto: temporal)")
     p.add_argument("--executor", default="auto", help="registered name (default auto: packed_crops)")
-    p.add_argument("--img-size", type=positive_int, default=640)
+    p.add_argument("--img-size", type=positive_int, default=None,
+                   help="detector input size (default: the calibration's, else 640)")
+    p.add_argument("--calibration", default=None, metavar="CAM.json",
+                   help="a camera's calibration (argos calibrate): its configuration replaces auto")
     p.add_argument("--conf", type=float, default=0.25, help="detector score threshold")
     p.add_argument("--proposer-opt", nargs="+", metavar="KEY=VALUE")
     p.add_argument("--executor-opt", nargs="+", metavar="KEY=VALUE")
@@ -343,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skips", type=_int_at_least(2), nargs="*", default=[2, 3, 4], help="frame-skip intervals")
     p.add_argument("--argos", nargs="*", default=None, metavar="PROPOSER+EXECUTOR[:p.k=v,e.k=v]",
                    help="argos configurations (default: the auto configuration and two variants)")
+    p.add_argument("--calibration", default=None, metavar="CAM.json",
+                   help="also run the configuration a calibration chose (argos calibrate), as an argos point")
     p.add_argument("--conf", type=float, default=0.25, help="detector score threshold")
     p.add_argument("--start", type=nonnegative_int, default=0, help="first frame (e.g. a held-out block)")
     p.add_argument("--limit", type=positive_int, default=None, help="frames to use")
@@ -352,6 +371,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="PNG: agreement against speedup")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_pareto)
+    p = sub.add_parser("calibrate", help="choose a camera's configuration on its earlier footage (no labels)")
+    p.add_argument("source", help="video file or image folder from the camera")
+    p.add_argument("--weights", required=True, help="detector checkpoint (.pt), or an exported .onnx")
+    p.add_argument("--img-size", type=positive_int, default=640)
+    p.add_argument("--detector-opt", nargs="+", metavar="KEY=VALUE", help="adapter options, e.g. backend=openvino")
+    p.add_argument("--conf", type=float, default=0.25, help="detector score threshold")
+    p.add_argument("--target", type=float, default=0.97, help="agreement the choice must reach (default 0.97)")
+    p.add_argument("--grid", nargs="*", default=None, metavar="PROPOSER+EXECUTOR[:p.k=v,e.k=v]",
+                   help="configurations to try (default: argos.tools.calibrate.GRID)")
+    p.add_argument("--start", type=nonnegative_int, default=0, help="first frame")
+    p.add_argument("--limit", type=positive_int, default=300, help="frames to use at most (default 300)")
+    p.add_argument("--warmup", type=nonnegative_int, default=2, help="frames run but not timed or scored")
+    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--out", required=True, help="calibration file to write (CAM.json; the table goes next to it, .md)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("list", help="registered proposers, executors and adapters")
     p.set_defaults(func=cmd_list)

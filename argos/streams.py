@@ -70,6 +70,8 @@ class MultiStream:
             batch, single = as_image_list(frames[k], m.channel_order)
             if not single:
                 raise ValueError(f"stream {k}: step takes one image per stream, got {len(batch)}")
+            if m.calibration is not None:
+                m.calibration.check_frame(batch[0].shape)
             batches.append(batch)
         tg = [None if targets is None or targets.get(k) is None else [targets[k]] for k in keys]
         locks = [m._busy for m in members]

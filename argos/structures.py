@@ -153,6 +153,9 @@ class RegionProposals:
         detections_gflops (float): detector GFLOPs spent producing ``detections`` (not in ``gflops``).
         held (Detections, optional): detections a video proposer carries from earlier frames
             outside the proposed regions; they are added to what the executor finds there.
+        pending_whole (bool): a key frame whose full-frame detection the proposer left to its
+            caller (:attr:`argos.proposers.base.Proposer.defer_whole`), so that the key frames of
+            several streams run in one batch; the caller fills ``detections`` before the executor.
     """
 
     mask: torch.Tensor
@@ -164,6 +167,7 @@ class RegionProposals:
     detections_ms: float = 0.0
     detections_gflops: float = 0.0
     held: Optional["Detections"] = None
+    pending_whole: bool = False
 
     def __post_init__(self) -> None:
         self.mask = _as_tensor(self.mask, torch.bool)

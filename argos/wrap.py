@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from torch import nn
 
 from argos._memory import release_free_memory
-from argos.adapters.base import Adapter
+from argos.adapters.base import Adapter, predict_by_shape
 from argos.executors.base import Executor
 from argos.io import as_image_list
 from argos.metrics.flops import counting_ms
@@ -78,6 +78,8 @@ class Wrapped:
         _check_task(adapter, proposer)
         self.proposer.bind(adapter)
         self.channel_order = channel_order
+        #: the camera calibration this configuration came from (:func:`wrap`'s ``calibration``), or None
+        self.calibration = None
         self.last_stats = FrameStats()
         self.last_proposals: List[RegionProposals] = []
         self._busy = threading.Lock()
@@ -90,7 +92,9 @@ class Wrapped:
         proposer = copy.deepcopy(self.proposer, memo)
         executor = copy.deepcopy(self.executor, memo)
         proposer.reset()
-        return Wrapped(self.adapter, proposer, executor, self.channel_order)
+        other = Wrapped(self.adapter, proposer, executor, self.channel_order)
+        other.calibration = self.calibration
+        return other
 
     def __call__(
         self, images: Any, targets: Optional[Sequence[Any]] = None
@@ -115,6 +119,9 @@ class Wrapped:
 
     def _call(self, images: Any, targets: Optional[Sequence[Any]]):
         batch, single = as_image_list(images, self.channel_order)
+        if self.calibration is not None:
+            for image in batch:
+                self.calibration.check_frame(image.shape)
         if single and targets is not None and not isinstance(targets, (list, tuple)):
             targets = [targets]
         (dets,) = run_members([self], [batch], [targets])
@@ -125,6 +132,24 @@ class Wrapped:
             f"Wrapped(adapter={type(self.adapter).__name__}, proposer={type(self.proposer).__name__}, "
             f"executor={type(self.executor).__name__})"
         )
+
+
+def _run_key_frames(adapter, batches, proposals, prop_ms) -> None:
+    """Fill the ``pending_whole`` key frames of all members: one detector call per frame size.
+    Each gets an equal share of the call's time, counted as its member's proposer time (where an
+    undeferred key frame's detection is counted too)."""
+    pend = [(k, i) for k, ps in enumerate(proposals) for i, p in enumerate(ps) if p.pending_whole]
+    if not pend:
+        return
+    t0 = time.perf_counter()
+    outs, hws = predict_by_shape(adapter, [batches[k][i] for k, i in pend])
+    ms = (time.perf_counter() - t0) * 1e3 / len(pend)
+    for (k, i), d, hw in zip(pend, outs, hws):
+        p = proposals[k][i]
+        p.detections, p.detections_ms, p.detections_gflops = d, ms, adapter.flops(hw)
+        p.time_ms += ms
+        p.pending_whole = False
+        prop_ms[k] += ms
 
 
 def run_members(members: Sequence[Wrapped], batches: Sequence[List[Any]],
@@ -154,11 +179,20 @@ def run_members(members: Sequence[Wrapped], batches: Sequence[List[Any]],
     prop_ms: List[float] = []
     if lowered:
         adapter.conf = detect_conf
+    # Several streams: key frames are left to this function and run in one call per frame size.
+    deferring = [m.proposer for m in members if len(members) > 1 and getattr(m.proposer, "can_defer_whole", False)]
     try:
-        for m, batch, tg in zip(members, batches, targets):
-            tp = time.perf_counter()
-            proposals.append(m.proposer.propose(batch, tg))
-            prop_ms.append((time.perf_counter() - tp) * 1e3)
+        for p in deferring:
+            p.defer_whole = True
+        try:
+            for m, batch, tg in zip(members, batches, targets):
+                tp = time.perf_counter()
+                proposals.append(m.proposer.propose(batch, tg))
+                prop_ms.append((time.perf_counter() - tp) * 1e3)
+        finally:
+            for p in deferring:
+                p.defer_whole = False
+        _run_key_frames(adapter, batches, proposals, prop_ms)
         t1 = time.perf_counter()
         # Images whose proposer already produced final detections (video key frames) skip the executor.
         dets: List[List[Optional[Detections]]] = [[p.detections for p in ps] for ps in proposals]
@@ -306,6 +340,7 @@ def wrap(
     proposer_kwargs: Optional[Dict[str, Any]] = None,
     executor_kwargs: Optional[Dict[str, Any]] = None,
     channel_order: str = "rgb",
+    calibration: Any = None,
     **adapter_kwargs: Any,
 ) -> Wrapped:
     """Wrap a detector: ``argos.wrap("yolov5", weights="yolov5n.pt", proposer="motion")``.
@@ -316,13 +351,34 @@ def wrap(
             detectors on video (:data:`AUTO`: temporal proposer, packed crops).
         proposer_kwargs, executor_kwargs: options for the named proposer / executor.
         channel_order: ``"rgb"`` or ``"bgr"`` for numpy frames.
+        calibration: a camera's calibration file (``argos calibrate``) or :class:`argos.calibration.Calibration`:
+            ``"auto"`` then means its choice, and a detector with other classes or input size is
+            refused. ``Wrapped.calibration`` keeps it (:meth:`~argos.calibration.Calibration.check_frame`).
         **adapter_kwargs: options for the adapter (``weights``, ``img_size``, ``conf``, ...).
     """
     # Unknown names fail before a model loads.
     for spec, registry in ((proposer, PROPOSERS), (executor, EXECUTORS)):
         if isinstance(spec, str) and spec != "auto":
             registry.get(spec)
+    cal = None
+    if calibration is not None:
+        from argos.calibration import Calibration, load_calibration
+
+        cal = calibration if isinstance(calibration, Calibration) else load_calibration(calibration)
+        for spec, kind in ((proposer, "proposer"), (executor, "executor")):
+            if not (isinstance(spec, str) and spec == "auto"):
+                raise ValueError(f"a calibration chooses the {kind}; leave {kind}=\"auto\" (got {spec!r}), "
+                                 "or run without the calibration")
+        proposer, executor = cal.proposer, cal.executor
+        proposer_kwargs = {**cal.proposer_kwargs, **(proposer_kwargs or {})}
+        executor_kwargs = {**cal.executor_kwargs, **(executor_kwargs or {})}
+        if "img_size" not in adapter_kwargs and cal.img_size and isinstance(detector, str):
+            adapter_kwargs["img_size"] = cal.img_size
     adapter = build_adapter(detector, **adapter_kwargs)
+    if cal is not None:
+        cal.check_detector(adapter.names, getattr(adapter, "img_size", None))
     prop = _build(PROPOSERS, _resolve_auto(proposer, "proposer", adapter), Proposer, proposer_kwargs or {})
     ex = _build(EXECUTORS, _resolve_auto(executor, "executor", adapter), Executor, executor_kwargs or {})
-    return Wrapped(adapter, prop, ex, channel_order=channel_order)
+    wrapped = Wrapped(adapter, prop, ex, channel_order=channel_order)
+    wrapped.calibration = cal
+    return wrapped

@@ -6,7 +6,7 @@ imports inside functions. The checker is plain :mod:`ast`; it never imports the 
 Layers, bottom to top (a module may import from its own unit or from a lower layer only):
 
 0. core: ``structures``, ``registry``, ``io``, ``geometry``, ``fusion``, ``assets``, ``viz``,
-   ``testing`` (these may import one another; cycles are still refused)
+   ``testing``, ``calibration`` (these may import one another; cycles are still refused)
 1. ``data``, ``metrics``
 2. ``sparse`` (primitives that both an adapter and an executor use)
 3. ``adapters``
@@ -33,7 +33,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "argos"
 
 LAYERS: Sequence[Tuple[str, ...]] = (
     ("argos.structures", "argos.registry", "argos.io", "argos.geometry", "argos.fusion",
-     "argos.assets", "argos.viz", "argos.testing", "argos._deprecation", "argos._memory", "argos._onnxruntime"),
+     "argos.assets", "argos.viz", "argos.testing", "argos._deprecation", "argos._memory", "argos._onnxruntime", "argos.calibration"),
     ("argos.data", "argos.metrics"),
     ("argos.sparse",),
     ("argos.adapters",),

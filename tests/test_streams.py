@@ -120,3 +120,33 @@ def test_bad_arguments(adapter):
     multi = argos.MultiStream(argos.wrap(adapter, "full", "masked"), 2)
     with pytest.raises(IndexError, match="stream 5"):
         multi.step({5: np.zeros((32, 32, 3), np.uint8)})
+
+
+def test_key_frames_of_several_streams_run_in_one_call_and_equal_each_stream_alone(adapter, clips):
+    """Temporal streams of one frame size key-frame together: one forward of batch 2 on the first
+    tick (the 96x192 stream gets its own call); every stream's detections equal it run alone."""
+    calls = []
+    forward = adapter.forward
+
+    def spy(batch):
+        calls.append(tuple(batch.shape))
+        return forward(batch)
+
+    adapter.forward = spy
+    try:
+        got = {k: [] for k in range(3)}
+        first = True
+        for tick in argos.streams(clips, argos.wrap(adapter, "temporal", "packed_crops")):
+            if first:
+                assert sorted(c[0] for c in calls) == [1, 2], calls  # two 120x160 key frames in one call
+                first = False
+            for k, (_, _, d) in tick.items():
+                got[k].append(d)
+    finally:
+        adapter.forward = forward
+    for k, clip in enumerate(clips):
+        ref = _alone(adapter, clip, "temporal", "packed_crops")
+        assert len(got[k]) == len(ref)
+        for a, b in zip(got[k], ref):
+            assert len(a) == len(b) and torch.equal(a.labels, b.labels)
+            torch.testing.assert_close(a.boxes, b.boxes, atol=1e-2, rtol=1e-4)

@@ -58,6 +58,12 @@ class Proposer(abc.ABC):
         """Called once by :class:`argos.Wrapped` with the wrapped detector (video proposers use
         it as a teacher); the default ignores it."""
 
+    #: the proposer can leave its key frames' full-frame detection to the caller (see ``defer_whole``)
+    can_defer_whole: bool = False
+    #: set by :func:`argos.wrap.run_members` while several streams step together: key frames come
+    #: back with ``pending_whole`` and the caller runs them, batched across streams
+    defer_whole: bool = False
+
     def detect_whole(self, image: np.ndarray):
         """Run the bound detector on the whole image (a video proposer's key frame).
 

@@ -61,6 +61,7 @@ class TemporalProposer(Proposer):
 
     stateful = True
     needs_detector = True
+    can_defer_whole = True
 
     def __init__(
         self,
@@ -161,7 +162,10 @@ class TemporalProposer(Proposer):
 
     def _key_frame(self, image: np.ndarray, t0: float, reason: str) -> RegionProposals:
         props = RegionProposals.full(image.shape[:2])
-        props.detections, props.detections_ms, props.detections_gflops = self.detect_whole(image)
+        if self.defer_whole:  # several streams: the caller batches every stream's key frame
+            props.pending_whole = True
+        else:
+            props.detections, props.detections_ms, props.detections_gflops = self.detect_whole(image)
         props.time_ms = (time.perf_counter() - t0) * 1e3
         self.key_frames += 1
         self.since_key = 0

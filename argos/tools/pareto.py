@@ -41,12 +41,15 @@ class ArgosConfig:
     executor: str
     proposer_kwargs: Dict[str, Any] = field(default_factory=dict)
     executor_kwargs: Dict[str, Any] = field(default_factory=dict)
+    #: a name shown before the label (``"calibrated"`` for the configuration of a calibration file)
+    tag: str = ""
 
     @property
     def label(self) -> str:
         opts = [f"p.{k}={v}" for k, v in self.proposer_kwargs.items()]
         opts += [f"e.{k}={v}" for k, v in self.executor_kwargs.items()]
-        return f"{self.proposer}+{self.executor}" + (f" ({', '.join(opts)})" if opts else "")
+        text = f"{self.proposer}+{self.executor}" + (f" ({', '.join(opts)})" if opts else "")
+        return f"{self.tag}: {text}" if self.tag else text
 
 
 def parse_argos_config(spec: str) -> ArgosConfig:
@@ -344,6 +347,13 @@ def main(args) -> int:
         raise FileNotFoundError(f"detector checkpoint not found: {args.weights}")
     specs = DEFAULT_CONFIGS if args.argos is None else args.argos
     configs = [parse_argos_config(s) for s in specs]
+    cal = None
+    if getattr(args, "calibration", None):
+        from argos.calibration import load_calibration
+
+        cal = load_calibration(args.calibration)
+        configs.append(ArgosConfig(cal.proposer, cal.executor, dict(cal.proposer_kwargs), dict(cal.executor_kwargs),
+                                   tag="calibrated"))
 
     from argos.tools.options import parse_kv
 
@@ -354,6 +364,10 @@ def main(args) -> int:
         return build_adapter(weights, img_size=size, conf=args.conf, **extra)
 
     baseline = adapter(args.img_size)
+    if cal is not None:
+        cal.check_detector(baseline.names, args.img_size)
+        for _, frame in VideoReader(args.source, start=args.start, limit=1):
+            cal.check_frame(frame.shape)
     sizes = default_sizes(args.img_size) if args.sizes is None else args.sizes
     small = None
     if args.small_weights:
