@@ -18,6 +18,12 @@ Nothing is learned, so it works on a camera it has never seen. Per frame:
   A held detection whose centre falls inside a proposed region is dropped: the region's fresh
   detections replace it.
 
+With ``velocity``, each detection carries a velocity: after every frame its box is matched (same
+label, highest IoU) to the previous frame's, and the centre shift, averaged with the one it had,
+is its motion per frame. Held detections move by it, and the boxes of uncertain ones are proposed
+where they have moved to. Frame skipping holds boxes still, which is what it loses on objects
+that move.
+
 To see detections below the output threshold (``track_score`` < the adapter's ``conf``), the
 proposer asks :class:`argos.Wrapped` to run the detector at ``track_score`` (:attr:`detect_conf`);
 ``Wrapped`` returns only detections at the adapter's own ``conf``.
@@ -57,6 +63,11 @@ class TemporalProposer(Proposer):
         motion: the frame-difference gate; ``None`` uses :class:`MotionGate` defaults, at half the
             frame size, or at ``motion_width`` pixels wide for frames wider than twice that.
         motion_width: widest working size of the default gate (HD frames: cost stays flat).
+        velocity: move held and uncertain detections by their measured motion (see the module docstring).
+        newcomers: propose motion blobs that no detection covers. Off, with ``hold_score ==
+            track_score``, frames between key frames run no detector at all: frame skipping whose
+            held boxes follow the objects' motion.
+        velocity_iou: least IoU for a detection to be matched to the previous frame's.
     """
 
     stateful = True
@@ -75,6 +86,9 @@ class TemporalProposer(Proposer):
         motion_margin: int = 8,
         motion: Optional[MotionGate] = None,
         motion_width: int = 400,
+        velocity: bool = False,
+        velocity_iou: float = 0.3,
+        newcomers: bool = True,
     ) -> None:
         super().__init__(dilation=0, min_area=0, mask_mode="boxes")
         if not 0.0 <= track_score <= hold_score <= 1.0:
@@ -94,6 +108,10 @@ class TemporalProposer(Proposer):
         self._own_gate = motion is None
         self.motion_width = int(motion_width)
         self.motion = motion or MotionGate()
+        if not 0.0 < velocity_iou <= 1.0:
+            raise ValueError(f"velocity_iou must be in (0, 1], got {velocity_iou}")
+        self.velocity, self.velocity_iou = bool(velocity), float(velocity_iou)
+        self.newcomers = bool(newcomers)
         self.adapter = None
         self.reset()
 
@@ -110,6 +128,10 @@ class TemporalProposer(Proposer):
     def reset(self) -> None:
         self.motion.reset()
         self.previous: Optional[Detections] = None
+        # velocity state per detection of ``previous``: (velocity, last real centre, its frame, known)
+        self._tracks: Optional[Tuple[torch.Tensor, ...]] = None
+        self._predicted = torch.zeros(0, 4)  # previous's boxes moved to the current frame
+        self._held_src = torch.zeros(0, dtype=torch.long)  # previous's index of each held detection
         self.since_key: Optional[int] = None
         self.frames = 0
         self.key_frames = 0
@@ -118,7 +140,73 @@ class TemporalProposer(Proposer):
         self.last_reason: Optional[str] = None
 
     def observe(self, detections: Sequence[Optional[Detections]]) -> None:
-        self.previous = detections[-1] if detections else None
+        new = detections[-1] if detections else None
+        if self.velocity and new is not None:
+            self._update_tracks(new)
+        self.previous = new
+
+    def _update_tracks(self, new: Detections) -> None:
+        """Velocity per detection of ``new``, measured between real observations only.
+
+        ``new`` ends with the held detections (``Wrapped`` appends them), whose state carries over
+        from the detection they were held from. Each fresh detection is matched (same label, IoU >=
+        ``velocity_iou``, best first, one to one) to the previous frame's detections where they
+        were predicted to be now; its velocity is its centre's shift from the match's last real
+        observation over the frames since, averaged with the match's velocity when it had one.
+        """
+        from torchvision.ops import box_iou
+
+        n_held = len(self._held_src)
+        n_fresh = len(new) - n_held
+        boxes = new.boxes.float().cpu()
+        centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+        xy = torch.zeros(len(new), 2)
+        anchor = centre.clone()
+        at = torch.full((len(new),), float(self.frames))
+        known = torch.zeros(len(new), dtype=torch.bool)
+        old = self._tracks
+        if n_held and old is not None:
+            src = self._held_src
+            xy[n_fresh:], anchor[n_fresh:], at[n_fresh:], known[n_fresh:] = old[0][src], old[1][src], old[2][src], old[3][src]
+        pred, prev = self._predicted, self.previous
+        if n_fresh and old is not None and prev is not None and len(pred) and prev.image_size == new.image_size:
+            iou = box_iou(boxes[:n_fresh], pred)
+            iou[new.labels.cpu()[:n_fresh, None] != prev.labels.cpu()[None, :]] = 0.0
+            flat = iou.flatten()
+            taken_n, taken_o = set(), set()
+            for f in torch.argsort(flat, descending=True).tolist():
+                if flat[f] < self.velocity_iou:
+                    break
+                i, j = divmod(f, len(pred))
+                if i in taken_n or j in taken_o:
+                    continue
+                taken_n.add(i)
+                taken_o.add(j)
+                elapsed = max(1.0, self.frames - float(old[2][j]))
+                v = (centre[i] - old[1][j]) / elapsed
+                xy[i] = 0.5 * v + 0.5 * old[0][j] if bool(old[3][j]) else v
+                known[i] = True
+        self._tracks = (xy, anchor, at, known)
+
+    @property
+    def motion_xy(self) -> Optional[torch.Tensor]:
+        """Per-frame centre motion (Tensor[N, 2], x and y pixels) of each detection in ``previous``."""
+        return None if self._tracks is None else self._tracks[0]
+
+    def _predict(self, prev: Detections, size: Tuple[int, int]) -> torch.Tensor:
+        """``prev``'s boxes (CPU float) where they should be in this frame: moved by their velocity."""
+        boxes = prev.boxes.float().cpu()
+        xy = self.motion_xy
+        if not self.velocity or xy is None or len(xy) != len(boxes):
+            return boxes
+        return self._moved(boxes, xy, size)
+
+    def _moved(self, boxes: torch.Tensor, xy: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        """``boxes`` shifted by ``xy`` and clipped to the frame."""
+        out = boxes.clone().float()
+        out[:, 0::2] = (out[:, 0::2] + xy[:, :1]).clamp(0, size[1])
+        out[:, 1::2] = (out[:, 1::2] + xy[:, 1:]).clamp(0, size[0])
+        return out
 
     @property
     def teacher_fraction(self) -> float:
@@ -161,6 +249,7 @@ class TemporalProposer(Proposer):
         return dilate_boxes(torch.tensor(boxes, dtype=torch.float32).round(), self.motion_margin, size)
 
     def _key_frame(self, image: np.ndarray, t0: float, reason: str) -> RegionProposals:
+        self._held_src = torch.zeros(0, dtype=torch.long)
         props = RegionProposals.full(image.shape[:2])
         if self.defer_whole:  # several streams: the caller batches every stream's key frame
             props.pending_whole = True
@@ -184,6 +273,8 @@ class TemporalProposer(Proposer):
         prev = self.previous
         if prev is not None and prev.image_size != size:
             raise ValueError(f"temporal proposer got a {size} frame after {prev.image_size} frames; call reset()")
+        self._held_src = torch.zeros(0, dtype=torch.long)
+        self._predicted = torch.zeros(0, 4) if prev is None else self._predict(prev, size)
         if self.since_key is None or prev is None:
             return self._key_frame(image, t0, "start")
         if self.since_key + 1 >= self.max_interval:
@@ -193,15 +284,25 @@ class TemporalProposer(Proposer):
         sure = prev.scores >= self.hold_score
         unsure = (~sure) & (prev.scores >= self.track_score)
         held = prev[sure]
-        tracked = dilate_boxes(prev.boxes[unsure], self.margin, size) if bool(unsure.any()) else torch.zeros(0, 4)
-        boxes = torch.cat([tracked, self._newcomer_boxes(torch.cat([held.boxes, tracked]), size)])
+        prev_boxes = self._predicted
+        if self.velocity:
+            held = Detections(prev_boxes[sure.cpu()].to(held.boxes.device), held.scores, held.labels, size,
+                              masks=held.masks)
+        held_src = torch.nonzero(sure).flatten().cpu()
+        tracked = dilate_boxes(prev_boxes[unsure], self.margin, size) if bool(unsure.any()) else torch.zeros(0, 4)
+        if self.newcomers:
+            boxes = torch.cat([tracked, self._newcomer_boxes(torch.cat([held.boxes.cpu(), tracked]), size)])
+        else:
+            boxes = tracked
         mask = boxes_to_mask(boxes, size)
         if int(mask.count_nonzero()) > self.max_area * mask.numel():
             return self._key_frame(image, t0, "area")
         if len(held):
             cx = ((held.boxes[:, 0] + held.boxes[:, 2]) / 2).long().clamp(0, size[1] - 1)
             cy = ((held.boxes[:, 1] + held.boxes[:, 3]) / 2).long().clamp(0, size[0] - 1)
-            held = held[~mask[cy, cx]]
+            keep = ~mask[cy, cx]
+            held, held_src = held[keep], held_src[keep.cpu()]
+        self._held_src = held_src
         self.since_key += 1
         self.last_reason = None
         props = RegionProposals(mask, boxes, held=held)

@@ -25,17 +25,21 @@ from argos.calibration import Calibration
 
 __all__ = ["GRID", "MIN_FRAMES", "choose", "calibrate", "main"]
 
-#: the configurations tried (``argos pareto --argos`` syntax): key-frame interval, hold score and
-#: canvas gap, the knobs whose best value depends on the camera (motion, density, object size).
+#: the configurations tried (``argos pareto --argos`` syntax): key-frame interval, hold score,
+#: velocity and canvas gap, the knobs whose best value depends on the camera (motion, density,
+#: object size).
 GRID = (
-    "temporal+packed_crops:p.max_interval=2,p.hold_score=0.3",
-    "temporal+packed_crops:p.max_interval=3,p.hold_score=0.3",
-    "temporal+packed_crops:p.max_interval=4,p.hold_score=0.3",
-    "temporal+packed_crops:p.max_interval=6,p.hold_score=0.3",
-    "temporal+packed_crops:p.max_interval=4,p.hold_score=0.3,e.gap=0",
+    # frame skipping whose held boxes move with the objects (no detector between key frames)
+    "temporal+packed_crops:p.max_interval=2,p.hold_score=0.25,p.track_score=0.25,p.velocity=true,p.newcomers=false",
+    "temporal+packed_crops:p.max_interval=3,p.hold_score=0.25,p.track_score=0.25,p.velocity=true,p.newcomers=false",
+    "temporal+packed_crops:p.max_interval=4,p.hold_score=0.25,p.track_score=0.25,p.velocity=true,p.newcomers=false",
+    # uncertain detections and newcomers looked at again between key frames
+    "temporal+packed_crops:p.max_interval=2,p.hold_score=0.3,p.velocity=true",
+    "temporal+packed_crops:p.max_interval=3,p.hold_score=0.3,p.velocity=true",
+    "temporal+packed_crops:p.max_interval=4,p.hold_score=0.3,p.velocity=true",
+    "temporal+packed_crops:p.max_interval=4,p.hold_score=0.3,p.velocity=true,e.gap=0",
     "temporal+packed_crops:p.max_interval=2",
     "temporal+packed_crops",
-    "temporal+packed_crops:p.hold_score=0.7",
     "temporal+packed_crops:p.max_interval=8",
 )
 

@@ -126,3 +126,51 @@ def test_runs_the_detector_below_its_threshold_and_returns_only_above(assets, yo
     # Between key frames only part of the frame runs, and held detections come back with the executor's.
     assert fast.last_stats.key_frames == 0 and 0.0 < fast.last_stats.area_processed < 1.0
     assert held[0] == -1 and max(held[1:]) > 0
+
+
+def _scripted(p, truth):
+    """Drive ``p`` over len(truth) frames; key frames 'detect' truth[t]; returns each frame's output boxes."""
+    frame = _frame()
+    t = {"now": 0}
+    p.bind(object())
+    p.detect_whole = lambda image: (_dets([truth[t["now"]]], [0.9]), 1.0, 0.0)
+    out = []
+    for now in range(len(truth)):
+        t["now"] = now
+        (props,) = p.propose([frame])
+        d = props.detections if props.detections is not None else props.held
+        p.observe([d])
+        out.append(d.boxes.tolist())
+    return out
+
+
+def test_velocity_moves_held_detections_to_where_they_are():
+    """An object moving 6 px a frame, key frames every other frame: with velocity the held box on
+    the frames between is where the object is (computed by hand); without, it stays behind."""
+    truth = [[10.0 + 6 * t, 30.0, 50.0 + 6 * t, 70.0] for t in range(6)]
+    opts = dict(hold_score=0.25, track_score=0.25, max_interval=2, newcomers=False)
+    moved = _scripted(TemporalProposer(velocity=True, **opts), truth)
+    still = _scripted(TemporalProposer(velocity=False, **opts), truth)
+    assert moved[0] == [truth[0]] and moved[2] == [truth[2]] and moved[4] == [truth[4]]  # key frames
+    assert moved[1] == [truth[0]]  # no velocity measured yet after one observation
+    assert moved[3] == [truth[3]] and moved[5] == [truth[5]]  # (22 - 10) / 2 frames = 6 px a frame
+    assert still[3] == [truth[2]] and still[5] == [truth[4]]  # frame skipping's stale boxes
+
+
+def test_velocity_is_not_taken_from_a_far_box():
+    p = TemporalProposer(velocity=True, hold_score=0.25, track_score=0.25, max_interval=2, newcomers=False)
+    truth = [[10.0, 30.0, 50.0, 70.0], None, [100.0, 30.0, 140.0, 70.0], None]
+    frame = _frame()
+    p.bind(object())
+    step = {"now": 0}
+    p.detect_whole = lambda image: (_dets([truth[step["now"]]], [0.9]), 1.0, 0.0)
+    for now in range(4):
+        step["now"] = now
+        (props,) = p.propose([frame])
+        d = props.detections if props.detections is not None else props.held
+        p.observe([d])
+        if now == 3:  # the far box was not matched: no velocity, held where it was seen
+            assert d.boxes.tolist() == [truth[2]]
+            assert p.motion_xy.abs().sum() == 0
+    with pytest.raises(ValueError, match="velocity_iou"):
+        TemporalProposer(velocity_iou=0)
