@@ -218,9 +218,8 @@ class TemporalProposer(Proposer):
 
     # -- proposals -------------------------------------------------------------------------------
 
-    def _scene_changed(self) -> bool:
-        """Mean grey-level change since the last frame, on the motion gate's blurred small frame."""
-        gray = self.motion.last_gray
+    def _scene_changed(self, gray: Optional[np.ndarray]) -> bool:
+        """Mean grey-level change since the last frame, on a blurred small grey frame."""
         last, self._last_gray = self._last_gray, gray
         if last is None or gray is None or last.shape != gray.shape:
             return False
@@ -267,8 +266,14 @@ class TemporalProposer(Proposer):
         size = (int(image.shape[0]), int(image.shape[1]))
         if self._own_gate and self.since_key is None:
             self.motion.scale = min(0.5, self.motion_width / size[1])
-        self.motion.update(image)
-        scene = self._scene_changed()
+        if self.newcomers:
+            self.motion.update(image)
+            gray = self.motion.last_gray
+        else:  # no motion mask is needed, only the scene-change test: a strided thumbnail is enough
+            step = max(1, size[1] // 160)
+            gray = cv2.cvtColor(np.ascontiguousarray(image[::step, ::step]), cv2.COLOR_RGB2GRAY)
+            gray = cv2.GaussianBlur(gray, (5, 5), 0).astype(np.float32)
+        scene = self._scene_changed(gray)
         self.frames += 1
         prev = self.previous
         if prev is not None and prev.image_size != size:

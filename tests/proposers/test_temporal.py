@@ -174,3 +174,17 @@ def test_velocity_is_not_taken_from_a_far_box():
             assert p.motion_xy.abs().sum() == 0
     with pytest.raises(ValueError, match="velocity_iou"):
         TemporalProposer(velocity_iou=0)
+
+
+def test_without_newcomers_a_scene_change_still_makes_a_key_frame():
+    p = TemporalProposer(velocity=True, hold_score=0.25, track_score=0.25, max_interval=8, newcomers=False)
+    p.bind(object())
+    p.detect_whole = lambda image: (_dets([[10.0, 30.0, 50.0, 70.0]], [0.9]), 1.0, 0.0)
+    reasons = []
+    for frame in (_frame(0), _frame(0), np.full((120, 160, 3), 250, np.uint8), np.full((120, 160, 3), 250, np.uint8)):
+        (props,) = p.propose([frame])
+        p.observe([props.detections if props.detections is not None else props.held])
+        reasons.append(p.last_reason)
+        if props.detections is None:
+            assert not props.mask.any()  # nothing is proposed between key frames: no detector runs
+    assert reasons == ["start", None, "scene", None]
