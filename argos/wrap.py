@@ -309,8 +309,19 @@ def _is_ultralytics_yolo(obj: Any) -> bool:
 
 
 #: what ``proposer="auto"`` / ``executor="auto"`` mean for detectors on video: the configuration
-#: that measured best (benchmarks/RESULTS.md, tuned on PETS and the first 100 HD frames).
+#: that measured best (benchmarks/RESULTS.md, "Session 7"; tuned on PETS frames 0-149, held out:
+#: PETS 300-499, the intel clip from frame 150, HD frames 100-169). The temporal proposer runs the
+#: detector on every other frame and moves the boxes in between by their measured motion
+#: (:data:`AUTO_OPTIONS`); no detector runs between key frames, so packed_crops only serves
+#: the scene-change and new-object cases other options turn on.
 AUTO = {"proposer": "temporal", "executor": "packed_crops"}
+
+#: the options of the auto configuration; ``"conf"`` stands for the adapter's own score threshold
+AUTO_OPTIONS = {
+    "proposer": {"max_interval": 2, "hold_score": "conf", "track_score": "conf", "velocity": True,
+                 "newcomers": False},
+    "executor": {},
+}
 
 
 def _resolve_auto(spec, kind: str, adapter) -> Any:
@@ -320,6 +331,15 @@ def _resolve_auto(spec, kind: str, adapter) -> Any:
         raise ValueError(f'{kind}="auto" is defined for detectors only; name a {kind} for a '
                          f'{adapter.task} model (see argos.list_{kind}s())')
     return AUTO[kind]
+
+
+def _auto_options(spec, kind: str, adapter, given: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The auto configuration's options for ``kind`` under the caller's own (``given`` wins)."""
+    if not (isinstance(spec, str) and spec == "auto"):
+        return dict(given or {})
+    conf = float(getattr(adapter, "conf", 0.25) or 0.25)
+    opts = {k: (conf if v == "conf" else v) for k, v in AUTO_OPTIONS[kind].items()}
+    return {**opts, **(given or {})}
 
 
 def _build(registry, spec, base, kwargs):
@@ -348,7 +368,8 @@ def wrap(
     Args:
         detector: adapter name, checkpoint path, ultralytics ``YOLO``, yolov5 hub model or Adapter.
         proposer, executor: registered names or instances; ``"auto"`` picks the measured best for
-            detectors on video (:data:`AUTO`: temporal proposer, packed crops).
+            detectors on video (:data:`AUTO` with :data:`AUTO_OPTIONS`: the temporal proposer's
+            motion-compensated key frames every other frame, packed crops).
         proposer_kwargs, executor_kwargs: options for the named proposer / executor.
         channel_order: ``"rgb"`` or ``"bgr"`` for numpy frames.
         calibration: a camera's calibration file (``argos calibrate``) or :class:`argos.calibration.Calibration`:
@@ -377,8 +398,10 @@ def wrap(
     adapter = build_adapter(detector, **adapter_kwargs)
     if cal is not None:
         cal.check_detector(adapter.names, getattr(adapter, "img_size", None))
-    prop = _build(PROPOSERS, _resolve_auto(proposer, "proposer", adapter), Proposer, proposer_kwargs or {})
-    ex = _build(EXECUTORS, _resolve_auto(executor, "executor", adapter), Executor, executor_kwargs or {})
+    prop = _build(PROPOSERS, _resolve_auto(proposer, "proposer", adapter), Proposer,
+                  _auto_options(proposer, "proposer", adapter, proposer_kwargs))
+    ex = _build(EXECUTORS, _resolve_auto(executor, "executor", adapter), Executor,
+                _auto_options(executor, "executor", adapter, executor_kwargs))
     wrapped = Wrapped(adapter, prop, ex, channel_order=channel_order)
     wrapped.calibration = cal
     return wrapped

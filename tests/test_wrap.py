@@ -82,5 +82,13 @@ def test_auto_is_the_measured_default(pspnet18):
 
     fast = argos.wrap(YOLOv5Adapter(cfg="yolov5nu.yaml", img_size=64), proposer="auto", executor="auto")
     assert isinstance(fast.proposer, TemporalProposer) and isinstance(fast.executor, PackedCropsExecutor)
+    p = fast.proposer  # motion-compensated key frames every other frame, at the adapter's own threshold
+    assert (p.max_interval, p.velocity, p.newcomers) == (2, True, False)
+    assert p.hold_score == p.track_score == fast.adapter.conf
+    fast = argos.wrap(YOLOv5Adapter(cfg="yolov5nu.yaml", img_size=64, conf=0.4), proposer="auto", executor="auto",
+                      proposer_kwargs={"max_interval": 3})
+    assert fast.proposer.hold_score == 0.4 and fast.proposer.max_interval == 3  # the caller's options win
+    named = argos.wrap(YOLOv5Adapter(cfg="yolov5nu.yaml", img_size=64), proposer="temporal", executor="auto")
+    assert named.proposer.max_interval == 4 and not named.proposer.velocity  # a named proposer keeps its defaults
     with pytest.raises(ValueError, match="detectors only"):
         argos.wrap(pspnet18, proposer="auto", executor="masked")

@@ -29,10 +29,11 @@ __all__ = ["GRID", "MIN_FRAMES", "choose", "calibrate", "main"]
 #: velocity and canvas gap, the knobs whose best value depends on the camera (motion, density,
 #: object size).
 GRID = (
-    # frame skipping whose held boxes move with the objects (no detector between key frames)
-    "temporal+packed_crops:p.max_interval=2,p.hold_score=0.25,p.track_score=0.25,p.velocity=true,p.newcomers=false",
-    "temporal+packed_crops:p.max_interval=3,p.hold_score=0.25,p.track_score=0.25,p.velocity=true,p.newcomers=false",
-    "temporal+packed_crops:p.max_interval=4,p.hold_score=0.25,p.track_score=0.25,p.velocity=true,p.newcomers=false",
+    # the auto configuration: frame skipping whose held boxes move with the objects (no detector
+    # between key frames), key frames every 2nd, 3rd and 4th frame
+    "auto+auto",
+    "auto+auto:p.max_interval=3",
+    "auto+auto:p.max_interval=4",
     # uncertain detections and newcomers looked at again between key frames
     "temporal+packed_crops:p.max_interval=2,p.hold_score=0.3,p.velocity=true",
     "temporal+packed_crops:p.max_interval=3,p.hold_score=0.3,p.velocity=true",
@@ -81,6 +82,14 @@ def calibrate(baseline, frames, total: Optional[int], grid: Sequence[str] = GRID
                          f"calibration needs at least {MIN_FRAMES} (give a longer video, or a larger --limit)")
     chosen = choose(result["points"], target)
     cfg = configs[[p for p in result["points"] if p["method"] == "argos"].index(chosen)]
+    if cfg.proposer == "auto" or cfg.executor == "auto":  # the file names what ran, not what auto means today
+        from argos.tools.pareto import ArgosConfig
+        from argos.wrap import AUTO, _auto_options
+
+        cfg = ArgosConfig(AUTO["proposer"] if cfg.proposer == "auto" else cfg.proposer,
+                          AUTO["executor"] if cfg.executor == "auto" else cfg.executor,
+                          _auto_options(cfg.proposer, "proposer", baseline, cfg.proposer_kwargs),
+                          _auto_options(cfg.executor, "executor", baseline, cfg.executor_kwargs))
     pays = chosen["speedup"] >= 1.0
     if not pays:
         cfg = parse_argos_config("full+masked")

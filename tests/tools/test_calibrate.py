@@ -47,7 +47,9 @@ def clips(assets, tmp_path_factory):
             "short": write("short.avi", frames[:10]), "resized": write("resized.avi", frames[36:], (256, 192))}
 
 
-GRID = ["temporal+packed_crops:p.max_interval=2,p.hold_score=0.3", "temporal+packed_crops"]
+GRID = ["auto+auto", "temporal+packed_crops:p.max_interval=2,p.hold_score=0.3", "temporal+packed_crops"]
+#: what the file must hold for "auto+auto" at conf 0.25 (argos.wrap.AUTO_OPTIONS, written out by hand)
+AUTO_KW = {"max_interval": 2, "hold_score": 0.25, "track_score": 0.25, "velocity": True, "newcomers": False}
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +67,15 @@ def test_calibration_file_holds_the_choice_recomputed_from_its_points(calibrated
     assert rep["frames"] == 36 - 2 and rep["seconds"] > 0 and cal.frame_size == (240, 320) and cal.img_size == 256
     assert cal.names[0] == "person" and len(cal.names) == 80
     argos_pts = [p for p in rep["points"] if p["method"] == "argos"]
-    assert [p["params"]["config"].split(" (")[0] for p in argos_pts] == ["temporal+packed_crops"] * 2
+    assert [p["params"]["config"].split(" (")[0] for p in argos_pts] == ["auto+auto"] + ["temporal+packed_crops"] * 2
     good = [p for p in argos_pts if p["agreement"] >= 0.9]
     by_hand = max(good, key=lambda p: p["speedup"]) if good else max(argos_pts, key=lambda p: p["agreement"])
     if by_hand["speedup"] >= 1.0:
         assert rep["argos_pays"] and rep["chosen"] == by_hand
         kw = {k[2:]: v for k, v in by_hand["params"].items() if k.startswith("p.")}
-        assert (cal.proposer, cal.proposer_kwargs) == ("temporal", kw)
+        if by_hand["params"]["config"] == "auto+auto":  # the file names what auto meant, not "auto"
+            kw = AUTO_KW
+        assert (cal.proposer, cal.executor, cal.proposer_kwargs) == ("temporal", "packed_crops", kw)
     else:  # slower than the detector alone: the unwrapped detector's own output is kept
         assert not rep["argos_pays"] and (cal.proposer, cal.executor) == ("full", "masked")
     skips = {p["params"]["every"] for p in rep["points"] if p["method"] == "skip"}
