@@ -76,6 +76,7 @@ class Wrapped:
             raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
         self.adapter, self.proposer, self.executor = adapter, proposer, executor
         _check_task(adapter, proposer)
+        executor.check_adapter(adapter)
         self.proposer.bind(adapter)
         self.channel_order = channel_order
         #: the camera calibration this configuration came from (:func:`wrap`'s ``calibration``), or None
@@ -197,7 +198,12 @@ def run_members(members: Sequence[Wrapped], batches: Sequence[List[Any]],
         # Images whose proposer already produced final detections (video key frames) skip the executor.
         dets: List[List[Optional[Detections]]] = [[p.detections for p in ps] for ps in proposals]
         ex_gflops = [[0.0] * len(b) for b in batches]
-        todo = [(k, i) for k, ps in enumerate(proposals) for i, p in enumerate(ps) if p.detections is None]
+        # Nothing proposed (a frame between motion-compensated key frames): nothing to run.
+        for k, ps in enumerate(proposals):
+            for i, p in enumerate(ps):
+                if p.detections is None and p.boxes is not None and not len(p.boxes) and not bool(p.mask.any()):
+                    dets[k][i] = executor._empty_output(adapter, tuple(p.mask.shape))
+        todo = [(k, i) for k, ps in enumerate(proposals) for i, p in enumerate(ps) if dets[k][i] is None]
         ex_ms = 0.0
         if todo:
             out = executor.run(adapter, [batches[k][i] for k, i in todo], [proposals[k][i] for k, i in todo])

@@ -34,6 +34,10 @@ class Executor(abc.ABC):
     def __init__(self) -> None:
         self.last_stats: Dict[str, Any] = {}
 
+    def check_adapter(self, adapter: Adapter) -> None:
+        """Raise when this executor cannot run ``adapter`` (called by ``argos.wrap``, before any
+        frame: a video proposer may not call the executor until well into a stream)."""
+
     def _empty_output(self, adapter: Adapter, image_size: Tuple[int, int]) -> Union[Detections, SegmentationMap]:
         """What a frame the model did not run on gets: no detections, or all background."""
         if is_segmentation(adapter):

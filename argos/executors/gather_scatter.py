@@ -166,6 +166,9 @@ class GatherScatterExecutor(Executor):
             weakref.WeakKeyDictionary()
         )
 
+    def check_adapter(self, adapter: Adapter) -> None:
+        adapter.module  # an adapter with no torch network (an ONNX runtime) says so here
+
     def prepare(self, adapter: Adapter) -> Tuple[Adapter, SparseContext]:
         """Convert ``adapter``'s module once; returns (the adapter to run, its context)."""
         entry = self._converted.get(adapter)

@@ -18,11 +18,17 @@ Nothing is learned, so it works on a camera it has never seen. Per frame:
   A held detection whose centre falls inside a proposed region is dropped: the region's fresh
   detections replace it.
 
-With ``velocity``, each detection carries a velocity: after every frame its box is matched (same
-label, highest IoU) to the previous frame's, and the centre shift, averaged with the one it had,
-is its motion per frame. Held detections move by it, and the boxes of uncertain ones are proposed
-where they have moved to. Frame skipping holds boxes still, which is what it loses on objects
-that move.
+With ``velocity``, each detection carries a velocity. A detection the detector found afresh (on
+a key frame or in a proposed region) is matched (same label, highest IoU, one to one) to the last
+frame's detections where they were predicted to be; its velocity is its centre's shift since the
+match was last really seen, per frame, averaged with the match's own velocity. Held detections
+keep theirs and move by it; uncertain ones are proposed where they have moved to. Frame skipping
+holds boxes still, which is what it loses on objects that move.
+
+With ``newcomers=False`` and ``hold_score == track_score`` nothing is proposed between key frames
+and no detector runs there: motion-compensated frame skipping. The scene-change test then reads a
+strided 160-pixel thumbnail instead of the motion gate. This is what ``argos.wrap``'s
+``proposer="auto"`` runs (:data:`argos.wrap.AUTO_OPTIONS`).
 
 To see detections below the output threshold (``track_score`` < the adapter's ``conf``), the
 proposer asks :class:`argos.Wrapped` to run the detector at ``track_score`` (:attr:`detect_conf`);
@@ -68,6 +74,8 @@ class TemporalProposer(Proposer):
             track_score``, frames between key frames run no detector at all: frame skipping whose
             held boxes follow the objects' motion.
         velocity_iou: least IoU for a detection to be matched to the previous frame's.
+        velocity_smoothing: weight of a track's earlier velocity against the new measurement (0: the
+            last measurement alone).
     """
 
     stateful = True
@@ -89,6 +97,7 @@ class TemporalProposer(Proposer):
         velocity: bool = False,
         velocity_iou: float = 0.3,
         newcomers: bool = True,
+        velocity_smoothing: float = 0.5,
     ) -> None:
         super().__init__(dilation=0, min_area=0, mask_mode="boxes")
         if not 0.0 <= track_score <= hold_score <= 1.0:
@@ -110,7 +119,10 @@ class TemporalProposer(Proposer):
         self.motion = motion or MotionGate()
         if not 0.0 < velocity_iou <= 1.0:
             raise ValueError(f"velocity_iou must be in (0, 1], got {velocity_iou}")
+        if not 0.0 <= velocity_smoothing < 1.0:
+            raise ValueError(f"velocity_smoothing must be in [0, 1), got {velocity_smoothing}")
         self.velocity, self.velocity_iou = bool(velocity), float(velocity_iou)
+        self.velocity_smoothing = float(velocity_smoothing)
         self.newcomers = bool(newcomers)
         self.adapter = None
         self.reset()
@@ -184,7 +196,8 @@ class TemporalProposer(Proposer):
                 taken_o.add(j)
                 elapsed = max(1.0, self.frames - float(old[2][j]))
                 v = (centre[i] - old[1][j]) / elapsed
-                xy[i] = 0.5 * v + 0.5 * old[0][j] if bool(old[3][j]) else v
+                a = self.velocity_smoothing
+                xy[i] = (1 - a) * v + a * old[0][j] if bool(old[3][j]) else v
                 known[i] = True
         self._tracks = (xy, anchor, at, known)
 
