@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from argos.tools.outputs import check_outputs
 from argos.tools.run import _record, _StopRequest
-from argos.tools.streams import StreamShare, stream_paths, stream_summary
+from argos.tools.streams import StreamShare, add_frame, new_record, stream_paths, stream_summary
 
 __all__ = ["run_streams_ray", "looks_like_ray_address"]
 
@@ -141,7 +141,7 @@ def run_streams_ray(
         left: Dict[int, Optional[int]] = {g: limit for g in range(len(sources))}
         running = set(range(len(sources)))
         errors: Dict[int, str] = {}
-        per = {g: {"frames": 0, "ms": [], "area": [], "key": 0, "ours": [], "theirs": []} for g in range(len(sources))}
+        per = {g: new_record() for g in range(len(sources))}
         busy = {w: {"frames": 0, "ms": 0.0, "base_ms": 0.0} for w in range(n_workers)}
         lines: Dict[int, Any] = {}
         restarts = {w: 0 for w in range(n_workers)}
@@ -217,15 +217,9 @@ def run_streams_ray(
                         busy[w]["ms"] += out["ms"]
                         busy[w]["base_ms"] += out["base_ms"] or 0.0
                         for k, fr in out["frames"].items():
-                            g, rec = todo[k], per[todo[k]]
+                            g = todo[k]
                             lines[g].write(_record(fr["index"], fr["dets"], info["names"]) + "\n")
-                            rec["frames"] += 1
-                            rec["ms"].append(fr["ms"])
-                            rec["area"].append(fr["area"])
-                            rec["key"] += fr["key"]
-                            if compare:
-                                rec["ours"].append(fr["dets"])
-                                rec["theirs"].append(fr["base"])
+                            add_frame(per[g], fr, compare)
                             nxt[g] = fr["index"] + int(stride)
                             if left[g] is not None:
                                 left[g] -= 1

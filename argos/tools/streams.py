@@ -28,7 +28,7 @@ from argos.tools.outputs import check_outputs
 from argos.tools.run import _record, _StopRequest
 from argos.wrap import Wrapped
 
-__all__ = ["stream_paths", "run_streams", "StreamShare", "stream_summary"]
+__all__ = ["stream_paths", "run_streams", "StreamShare", "stream_summary", "new_record", "add_frame"]
 
 
 def stream_paths(sources: Sequence[Union[str, int]], out_dir: Union[str, Path]) -> List[Dict[str, Path]]:
@@ -107,6 +107,22 @@ class StreamShare:
         return {"ms": ms, "base_ms": base_ms, "frames": frames, "images": tick}
 
 
+def new_record() -> Dict[str, Any]:
+    """A stream's running totals, for :func:`add_frame` and :func:`stream_summary`."""
+    return {"frames": 0, "ms": [], "area": [], "key": 0, "ours": [], "theirs": []}
+
+
+def add_frame(rec: Dict[str, Any], fr: Dict[str, Any], compare: bool) -> None:
+    """Count one frame of :meth:`StreamShare.tick`'s ``frames`` into its stream's record."""
+    rec["frames"] += 1
+    rec["ms"].append(fr["ms"])
+    rec["area"].append(fr["area"])
+    rec["key"] += fr["key"]
+    if compare:
+        rec["ours"].append(fr["dets"])
+        rec["theirs"].append(fr["base"])
+
+
 def stream_summary(source: Union[str, int], frames: int, ms: Sequence[float], area: Sequence[float], key: int,
                    ours: Sequence[Detections], theirs: Sequence[Detections], compare: bool, min_score: float,
                    error: Optional[str] = None) -> Dict[str, Any]:
@@ -139,8 +155,7 @@ def run_streams(fast: Wrapped, sources: Sequence[Union[str, int]], out_dir: Unio
     multi, srcs, names = share.multi, share.srcs, share.multi.adapter.names
     lines = {k: open(paths[k]["jsonl"], "w") for k in srcs.open}
     writers: Dict[int, Any] = {}
-    per: Dict[int, Dict[str, Any]] = {k: {"frames": 0, "ms": [], "area": [], "key": 0, "ours": [], "theirs": []}
-                                      for k in range(len(sources))}
+    per: Dict[int, Dict[str, Any]] = {k: new_record() for k in range(len(sources))}
     tick_ms: List[float] = []
     base_ms: List[float] = []
     stop = _StopRequest()
@@ -159,16 +174,9 @@ def run_streams(fast: Wrapped, sources: Sequence[Union[str, int]], out_dir: Unio
                 if out["base_ms"] is not None:
                     base_ms.append(out["base_ms"])
                 for k, fr in out["frames"].items():
-                    rec = per[k]
                     lines[k].write(_record(fr["index"], fr["dets"], names) + "\n")
                     lines[k].flush()
-                    rec["frames"] += 1
-                    rec["ms"].append(fr["ms"])
-                    rec["area"].append(fr["area"])
-                    rec["key"] += fr["key"]
-                    if compare:
-                        rec["ours"].append(fr["dets"])
-                        rec["theirs"].append(fr["base"])
+                    add_frame(per[k], fr, compare)
                     if videos:
                         image = out["images"][k]
                         if k not in writers:
