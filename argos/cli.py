@@ -194,6 +194,11 @@ def cmd_run(args) -> int:
         calibration = load_calibration(args.calibration)
         if args.img_size is None:
             args.img_size = calibration.img_size
+    if args.img_size == 0:
+        from argos.tools.options import native_img_size
+
+        args.img_size = native_img_size(sources[0])
+        print(f"--img-size 0: native scale, input size {args.img_size} (from {sources[0]})", file=sys.stderr)
     args.img_size = args.img_size or 640
     adapter_kwargs = adapter_kwargs_for(args.detector, args.img_size, conf=args.conf, weights=args.weights,
                                         cfg=args.cfg, extra=parse_kv(args.detector_opt))
@@ -329,8 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", default=None, help="ultralytics model yaml (random init, timing only)")
     p.add_argument("--proposer", default="auto", help="registered name (default auto: temporal)")
     p.add_argument("--executor", default="auto", help="registered name (default auto: packed_crops)")
-    p.add_argument("--img-size", type=positive_int, default=None,
-                   help="detector input size (default: the calibration's, else 640)")
+    p.add_argument("--img-size", type=nonnegative_int, default=None,
+                   help="detector input size (default: the calibration's, else 640); 0: the first frame's "
+                        "long side rounded up to 32 (native scale)")
     p.add_argument("--calibration", default=None, metavar="CAM.json",
                    help="a camera's calibration (argos calibrate): its configuration replaces auto")
     p.add_argument("--conf", type=float, default=0.25, help="detector score threshold")
@@ -351,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pareto", help="argos beside frame skipping, lower input sizes and a smaller model, on one video")
     p.add_argument("source", help="video file or image folder")
     p.add_argument("--weights", required=True, help="detector checkpoint (.pt), or an exported .onnx")
-    p.add_argument("--img-size", type=positive_int, default=640, help="reference input size (default: 640)")
+    p.add_argument("--img-size", type=nonnegative_int, default=640,
+                   help="reference input size (default: 640; 0: the frame's long side rounded up to 32)")
     p.add_argument("--small-weights", default=None, help="a smaller detector with the same classes")
     p.add_argument("--detector-opt", nargs="+", metavar="KEY=VALUE",
                    help="adapter options for every model of the run, e.g. backend=openvino for .onnx weights")
@@ -374,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="choose a camera's configuration on its earlier footage (no labels)")
     p.add_argument("source", help="video file or image folder from the camera")
     p.add_argument("--weights", required=True, help="detector checkpoint (.pt), or an exported .onnx")
-    p.add_argument("--img-size", type=positive_int, default=640)
+    p.add_argument("--img-size", type=nonnegative_int, default=640,
+                   help="input size (default: 640; 0: the frame's long side rounded up to 32)")
     p.add_argument("--detector-opt", nargs="+", metavar="KEY=VALUE", help="adapter options, e.g. backend=openvino")
     p.add_argument("--conf", type=float, default=0.25, help="detector score threshold")
     p.add_argument("--target", type=float, default=0.97, help="agreement the choice must reach (default 0.97)")

@@ -125,6 +125,11 @@ def main(args) -> int:
     check_outputs([args.source, args.weights], [args.out, md])
     if not Path(args.weights).exists():
         raise FileNotFoundError(f"detector checkpoint not found: {args.weights}")
+    if args.img_size == 0:
+        from argos.tools.options import native_img_size
+
+        args.img_size = native_img_size(args.source)
+        print(f"--img-size 0: native scale, input size {args.img_size}")
     reader = VideoReader(args.source, start=args.start, limit=args.limit)
     total = len(reader) if reader.frame_count is not None else None
     if total is not None and total - args.warmup < MIN_FRAMES:

@@ -54,3 +54,15 @@ def adapter_kwargs_for(detector: str, img_size: int, conf: Optional[float] = Non
         kwargs[key] = value
     kwargs.update(extra or {})
     return kwargs
+
+
+def native_img_size(source: Any, stride: int = 32) -> int:
+    """``--img-size 0``: the long side of ``source``'s first frame, rounded up to ``stride``
+    (the frame at its own scale: small objects stay as large as they are in the video)."""
+    from argos.data.video import VideoReader
+
+    for _, frame in VideoReader(int(source) if str(source).isdigit() else source, limit=1):
+        h, w = frame.shape[:2]
+        return -(-max(h, w) // stride) * stride
+    raise ValueError(f"--img-size 0 takes the size of the first frame, but {source} gave none")
+

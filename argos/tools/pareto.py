@@ -347,6 +347,11 @@ def main(args) -> int:
         raise FileNotFoundError(f"video not found: {args.source}")
     if not Path(args.weights).exists():
         raise FileNotFoundError(f"detector checkpoint not found: {args.weights}")
+    if args.img_size == 0:
+        from argos.tools.options import native_img_size
+
+        args.img_size = native_img_size(args.source)
+        print(f"--img-size 0: native scale, input size {args.img_size}")
     specs = DEFAULT_CONFIGS if args.argos is None else args.argos
     configs = [parse_argos_config(s) for s in specs]
     cal = None

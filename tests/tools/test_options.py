@@ -39,3 +39,38 @@ def test_detector_opt_wins(no_conf_name):
     kw = adapter_kwargs_for(no_conf_name, 256, extra={"depth": 101, "img_size": 512})
     assert kw == {"img_size": 512, "depth": 101}
     assert ADAPTERS.build(no_conf_name, **kw).depth == 101
+
+
+def test_native_img_size_rounds_the_first_frames_long_side_up_to_the_stride(tmp_path):
+    import cv2
+    import numpy as np
+
+    from argos.tools.options import native_img_size
+
+    for (h, w), want in (((120, 160), 160), ((100, 150), 160), ((720, 1280), 1280), ((470, 300), 480)):
+        path = tmp_path / f"{h}x{w}.avi"
+        vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (w, h))
+        vw.write(np.full((h, w, 3), 100, np.uint8))
+        vw.release()
+        assert native_img_size(path) == want
+    assert native_img_size(tmp_path / "120x160.avi", stride=64) == 192
+
+
+def test_run_with_img_size_0_runs_at_native_scale(tmp_path, yolov5n_weights, capsys):
+    import json
+
+    import cv2
+    import numpy as np
+
+    from argos.cli import main
+
+    path = tmp_path / "clip.avi"
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (200, 120))
+    for k in range(3):
+        vw.write(np.full((120, 200, 3), 90 + 10 * k, np.uint8))
+    vw.release()
+    out = tmp_path / "s.json"
+    assert main(["run", str(path), "--weights", str(yolov5n_weights), "--img-size", "0", "--json", str(out),
+                 "--no-progress"]) == 0
+    assert "native scale, input size 224" in capsys.readouterr().err
+    assert json.loads(out.read_text())["frames"] == 3
