@@ -226,9 +226,11 @@ def cmd_run(args) -> int:
             f" (proposer {summary['latency_ms']['proposer']:.1f}, detector {summary['latency_ms']['detector']:.1f})")
     print(line + f" | RSS {summary['memory_mb']['rss_first_frame']:.0f} -> {summary['memory_mb']['rss_end']:.0f} MiB")
     if args.compare and "speedup" in summary:
+        quality = (f"agreement {summary['agreement']:.3f} | mAP50 vs baseline {summary['map50_vs_baseline']:.3f}"
+                   if summary["reference_detections"] else
+                   "agreement n/a: the unwrapped detector found nothing at score >= 0.25 in these frames")
         print(f"baseline {summary['baseline_fps']:.1f} fps | speedup {summary['speedup']:.2f}x (throughput; "
-              f"{summary['speedup_median']:.2f}x median frame) | agreement "
-              f"{summary['agreement']:.3f} | mAP50 vs baseline {summary['map50_vs_baseline']:.3f}")
+              f"{summary['speedup_median']:.2f}x median frame) | {quality}")
     if "decode_error" in summary:
         print(f"warning: {summary['decode_error']}; results kept for the {summary['frames']} frames that decoded")
     for change in summary.get("size_changes", []):

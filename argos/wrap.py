@@ -318,8 +318,9 @@ def _is_ultralytics_yolo(obj: Any) -> bool:
 #: that measured best (benchmarks/RESULTS.md, "Session 7"; tuned on PETS frames 0-149, held out:
 #: PETS 300-499, the intel clip from frame 150, HD frames 100-169). The temporal proposer runs the
 #: detector on every other frame and moves the boxes in between by their measured motion
-#: (:data:`AUTO_OPTIONS`); no detector runs between key frames, so packed_crops only serves
-#: the scene-change and new-object cases other options turn on.
+#: (:data:`AUTO_OPTIONS`). Between key frames nothing is proposed, so the executor stays idle
+#: unless options that propose regions there (``newcomers``, a ``track_score`` below ``hold_score``)
+#: are given.
 AUTO = {"proposer": "temporal", "executor": "packed_crops"}
 
 #: the options of the auto configuration; ``"conf"`` stands for the adapter's own score threshold

@@ -8,8 +8,9 @@ stops at once). Every summary says why the run ``ended``. The summary JSON has `
 ``fps``, ``teacher_fraction``, ``area_processed``, ``latency_ms`` (``median``, ``proposer``,
 ``detector``, ``mean``) and ``memory_mb`` (resident memory after the first frame and at the end);
 with ``compare=True`` the unwrapped detector also runs on every frame, interleaved, and the
-summary adds ``baseline_fps``, ``speedup``, ``speedup_median``, ``agreement`` and
-``map50_vs_baseline``.
+summary adds ``baseline_fps``, ``speedup``, ``speedup_median``, ``agreement``,
+``reference_detections`` (the unwrapped detections at the agreement score) and
+``map50_vs_baseline`` (``None`` when there are no reference detections).
 
 ``fps`` and ``speedup`` are throughput figures: frames over the summed per-frame times. A video
 proposer's key frames (full detector plus student training) are few and slow, so the median
@@ -262,8 +263,11 @@ def run_stream(fast: Wrapped, cfg: RunConfig, progress: bool = True, min_score: 
             speedup=base_mean / argos_mean if argos_mean else 0.0,
             speedup_median=base_med / argos_med if argos_med else 0.0,
             agreement=recall_vs_reference(ours, theirs, iou=0.5, min_score=cfg.agreement_score),
-            map50_vs_baseline=map_against(gts, [d.image_size for d in theirs], ours)["map50"],
+            reference_detections=int(sum(int((d.scores >= cfg.agreement_score).sum()) for d in theirs)),
         )
+        # With nothing to reproduce, agreement is 1 by definition and mAP is undefined: None, not 0.
+        summary["map50_vs_baseline"] = (map_against(gts, [d.image_size for d in theirs], ours)["map50"]
+                                        if summary["reference_detections"] else None)
         summary["latency_ms"]["baseline"] = base_med
         summary["latency_ms"]["baseline_mean"] = base_mean
     if reader.stopped_early:

@@ -81,3 +81,22 @@ def test_run_on_image_folder(tmp_path, yolov5n_weights, coco128):
 def test_run_bad_source(tmp_path, capsys):
     assert main(["run", str(tmp_path / "missing.mp4"), "--cfg", "yolov5nu.yaml", "--no-progress"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_compare_with_nothing_to_reproduce_says_so(tmp_path, yolov5n_weights, capsys):
+    """A blank clip: the unwrapped detector finds nothing, so agreement is 1 by definition and
+    mAP is undefined; the summary says None (not 0.0) and the CLI says n/a."""
+    import cv2
+    import numpy as np
+
+    path = tmp_path / "blank.avi"
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (160, 120))
+    for _ in range(4):
+        vw.write(np.full((120, 160, 3), 128, np.uint8))
+    vw.release()
+    summary = tmp_path / "s.json"
+    assert main(["run", str(path), "--weights", str(yolov5n_weights), "--img-size", "160", "--compare",
+                 "--json", str(summary), "--no-progress"]) == 0
+    s = json.loads(summary.read_text())
+    assert s["reference_detections"] == 0 and s["agreement"] == 1.0 and s["map50_vs_baseline"] is None
+    assert "agreement n/a" in capsys.readouterr().out
