@@ -194,6 +194,12 @@ def cmd_run(args) -> int:
         calibration = load_calibration(args.calibration)
         if args.img_size is None:
             args.img_size = calibration.img_size
+        from argos.data.video import VideoReader
+
+        for src in sources:  # before any output is opened: a wrong camera must not cost earlier results
+            if not str(src).isdigit():
+                for _, frame in VideoReader(src, limit=1):
+                    calibration.check_frame(frame.shape)
     if args.img_size == 0:
         from argos.tools.options import native_img_size
 

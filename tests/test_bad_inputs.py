@@ -405,7 +405,40 @@ def _option_rows() -> List[Row]:
     return rows
 
 
-ROWS = _video_rows() + _image_rows() + _weight_rows() + _exported_rows() + _name_rows() + _option_rows()
+def _with_calibration(text_or_cal, *extra) -> Callable:
+    """``argos run`` with a calibration file written first into the output folder."""
+    def call(f, o):
+        path = Path(o) / "cam.json"
+        if isinstance(text_or_cal, str):
+            path.write_text(text_or_cal)
+        else:
+            text_or_cal.save(path)
+        return ["run", f["good_video"], *_w(), "--limit", "3", "--json", o / "s.json", "--calibration", path, *extra]
+    return call
+
+
+def _calibration_rows() -> List[Row]:
+    from argos.calibration import Calibration
+
+    def cal(**kw):
+        return Calibration("temporal", "packed_crops", **kw)
+
+    return [
+        Row("calibration/another frame size/run", _with_calibration(cal(frame_size=(999, 999))), 2,
+            r"made on 999x999 frames; these are \d+x\d+", outputs=KEPT),
+        Row("calibration/another detector's classes/run", _with_calibration(cal(names={0: "cat"})), 2,
+            r"made for a detector with 1 classes \(cat.*calibrate again with this detector", outputs=KEPT),
+        Row("calibration/another input size/run", _with_calibration(cal(img_size=320)), 2,
+            r"made at input size 320, not 160: pass --img-size 320", outputs=KEPT),
+        Row("calibration/corrupt file/run", _with_calibration("{not json"), 2, r"is not valid JSON", outputs=KEPT),
+        Row("calibration/video too short/calibrate", lambda f, o: ["calibrate", f["one_frame"], *_w(), "--out",
+                                                                   o / "s.json"], 2,
+            r"has 1 frames from frame 0; a calibration needs at least 32", outputs=KEPT),
+    ]
+
+
+ROWS = (_video_rows() + _image_rows() + _weight_rows() + _exported_rows() + _name_rows() + _option_rows()
+        + _calibration_rows())
 
 
 def _substitute(row: Row, files: Dict[str, Path], out: Path) -> Row:
