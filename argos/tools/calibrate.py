@@ -34,6 +34,8 @@ GRID = (
     "auto+auto",
     "auto+auto:p.max_interval=3",
     "auto+auto:p.max_interval=4",
+    # the same, plus the detector on moving regions that no held box covers (newcomers)
+    "auto+auto:p.newcomers=true,p.motion_min_area=1024",
     # uncertain detections and newcomers looked at again between key frames
     "temporal+packed_crops:p.max_interval=2,p.hold_score=0.3,p.velocity=true",
     "temporal+packed_crops:p.max_interval=3,p.hold_score=0.3,p.velocity=true",
