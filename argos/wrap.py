@@ -340,7 +340,7 @@ def _resolve_auto(spec, kind: str, adapter) -> Any:
     return AUTO[kind]
 
 
-def _auto_options(spec, kind: str, adapter, given: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+def auto_options(spec, kind: str, adapter, given: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     """The auto configuration's options for ``kind`` under the caller's own (``given`` wins)."""
     if not (isinstance(spec, str) and spec == "auto"):
         return dict(given or {})
@@ -406,9 +406,9 @@ def wrap(
     if cal is not None:
         cal.check_detector(adapter.names, getattr(adapter, "img_size", None))
     prop = _build(PROPOSERS, _resolve_auto(proposer, "proposer", adapter), Proposer,
-                  _auto_options(proposer, "proposer", adapter, proposer_kwargs))
+                  auto_options(proposer, "proposer", adapter, proposer_kwargs))
     ex = _build(EXECUTORS, _resolve_auto(executor, "executor", adapter), Executor,
-                _auto_options(executor, "executor", adapter, executor_kwargs))
+                auto_options(executor, "executor", adapter, executor_kwargs))
     wrapped = Wrapped(adapter, prop, ex, channel_order=channel_order)
     wrapped.calibration = cal
     return wrapped

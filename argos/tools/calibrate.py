@@ -86,12 +86,12 @@ def calibrate(baseline, frames, total: Optional[int], grid: Sequence[str] = GRID
     cfg = configs[[p for p in result["points"] if p["method"] == "argos"].index(chosen)]
     if cfg.proposer == "auto" or cfg.executor == "auto":  # the file names what ran, not what auto means today
         from argos.tools.pareto import ArgosConfig
-        from argos.wrap import AUTO, _auto_options
+        from argos.wrap import AUTO, auto_options
 
         cfg = ArgosConfig(AUTO["proposer"] if cfg.proposer == "auto" else cfg.proposer,
                           AUTO["executor"] if cfg.executor == "auto" else cfg.executor,
-                          _auto_options(cfg.proposer, "proposer", baseline, cfg.proposer_kwargs),
-                          _auto_options(cfg.executor, "executor", baseline, cfg.executor_kwargs))
+                          auto_options(cfg.proposer, "proposer", baseline, cfg.proposer_kwargs),
+                          auto_options(cfg.executor, "executor", baseline, cfg.executor_kwargs))
     pays = chosen["speedup"] >= 1.0
     if not pays:
         cfg = parse_argos_config("full+masked")

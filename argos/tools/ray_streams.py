@@ -15,7 +15,6 @@ in ``errors`` and the others go on.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -24,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from argos.tools.outputs import check_outputs
 from argos.tools.run import _record, _StopRequest
-from argos.tools.streams import StreamShare, add_frame, new_record, stream_paths, stream_summary
+from argos.tools.streams import StreamShare, add_frame, finish_run, new_record, run_header, stream_paths
 
 __all__ = ["run_streams_ray", "looks_like_ray_address"]
 
@@ -254,12 +253,9 @@ def run_streams_ray(
 
     frames = sum(r["frames"] for r in per.values())
     summary: Dict[str, Any] = {
-        "streams": len(sources),
-        "frames": frames,
+        **run_header(len(sources), frames, stop.signal),
         "workers": n_workers,
         "restarts": sum(restarts.values()),
-        "interrupted": stop.signal is not None,
-        "ended": f"interrupted by {stop.signal}" if stop.signal else "end of every source",
         # Each worker's frames over its own step time, summed: the throughput of the pool.
         "fps_total": sum(1e3 * b["frames"] / b["ms"] for b in busy.values() if b["ms"]),
         "fps_wall": frames / (t_end - t_work) if t_work and t_end > t_work else 0.0,
@@ -267,20 +263,8 @@ def run_streams_ray(
         "config": {"proposer": info.get("proposer"), "executor": info.get("executor"), "stride": stride,
                    "limit": limit, "torch_threads": int(threads), "ray_address": address or "local",
                    "chunk": int(chunk)},
-        "errors": {str(sources[g]): msg for g, msg in sorted(errors.items())},
-        "per_stream": {},
     }
     if compare and any(b["base_ms"] for b in busy.values()):
         summary["baseline_fps_total"] = sum(1e3 * b["frames"] / b["base_ms"] for b in busy.values() if b["base_ms"])
         summary["speedup"] = summary["fps_total"] / summary["baseline_fps_total"]
-    for g, src in enumerate(sources):
-        rec = per[g]
-        s = stream_summary(src, rec["frames"], rec["ms"], rec["area"], rec["key"], rec["ours"], rec["theirs"],
-                           compare, min_score, errors.get(g))
-        if g in lines:
-            paths[g]["json"].write_text(json.dumps(s, indent=2))
-        summary["per_stream"][str(src)] = s
-    Path(out_dir, "summary.json").write_text(json.dumps(summary, indent=2))
-    if not frames and not stop.signal:
-        raise ValueError("no stream delivered a frame: " + "; ".join(f"{sources[g]}: {m}" for g, m in errors.items()))
-    return summary
+    return finish_run(summary, sources, paths, per, errors, set(lines), compare, min_score, out_dir)

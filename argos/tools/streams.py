@@ -28,7 +28,8 @@ from argos.tools.outputs import check_outputs
 from argos.tools.run import _record, _StopRequest
 from argos.wrap import Wrapped
 
-__all__ = ["stream_paths", "run_streams", "StreamShare", "stream_summary", "new_record", "add_frame"]
+__all__ = ["stream_paths", "run_streams", "StreamShare", "stream_summary", "new_record", "add_frame",
+           "run_header", "finish_run"]
 
 
 def stream_paths(sources: Sequence[Union[str, int]], out_dir: Union[str, Path]) -> List[Dict[str, Path]]:
@@ -123,20 +124,46 @@ def add_frame(rec: Dict[str, Any], fr: Dict[str, Any], compare: bool) -> None:
         rec["theirs"].append(fr["base"])
 
 
-def stream_summary(source: Union[str, int], frames: int, ms: Sequence[float], area: Sequence[float], key: int,
-                   ours: Sequence[Detections], theirs: Sequence[Detections], compare: bool, min_score: float,
+def stream_summary(source: Union[str, int], rec: Dict[str, Any], compare: bool, min_score: float,
                    error: Optional[str] = None) -> Dict[str, Any]:
-    """One stream's ``<stem>.json``: frames, fps, area processed, key-frame share and, with ``compare``, agreement."""
+    """One stream's ``<stem>.json`` from its :func:`new_record`: frames, fps, area processed,
+    key-frame share and, with ``compare``, agreement."""
     from argos.metrics.detection import recall_vs_reference
 
+    frames = rec["frames"]
     s: Dict[str, Any] = {"source": str(source), "frames": frames}
     if error is not None:
         s["error"] = error
     if frames:
-        s.update(fps=1e3 * frames / sum(ms), area_processed=statistics.mean(area), teacher_fraction=key / frames)
+        s.update(fps=1e3 * frames / sum(rec["ms"]), area_processed=statistics.mean(rec["area"]),
+                 teacher_fraction=rec["key"] / frames)
         if compare:
-            s["agreement"] = recall_vs_reference(ours, theirs, iou=0.5, min_score=min_score)
+            s["agreement"] = recall_vs_reference(rec["ours"], rec["theirs"], iou=0.5, min_score=min_score)
     return s
+
+
+def run_header(streams: int, frames: int, signal: Optional[str]) -> Dict[str, Any]:
+    """The first keys of ``summary.json``, the same for the local and the Ray runner."""
+    return {"streams": streams, "frames": frames, "interrupted": signal is not None,
+            "ended": f"interrupted by {signal}" if signal else "end of every source"}
+
+
+def finish_run(summary: Dict[str, Any], sources: Sequence[Union[str, int]], paths: List[Dict[str, Path]],
+               per: Dict[int, Dict[str, Any]], errors: Dict[int, str], opened: set, compare: bool,
+               min_score: float, out_dir: Union[str, Path]) -> Dict[str, Any]:
+    """Add ``errors`` and ``per_stream`` to ``summary``, write each opened stream's ``.json`` and
+    ``summary.json``; raise when no stream delivered a frame (unless interrupted)."""
+    summary["errors"] = {str(sources[k]): msg for k, msg in sorted(errors.items())}
+    summary["per_stream"] = {}
+    for k, src in enumerate(sources):
+        s = stream_summary(src, per[k], compare, min_score, errors.get(k))
+        if k in opened:
+            paths[k]["json"].write_text(json.dumps(s, indent=2))
+        summary["per_stream"][str(src)] = s
+    Path(out_dir, "summary.json").write_text(json.dumps(summary, indent=2))
+    if not summary["frames"] and not summary["interrupted"]:
+        raise ValueError("no stream delivered a frame: " + "; ".join(f"{sources[k]}: {m}" for k, m in errors.items()))
+    return summary
 
 
 def run_streams(fast: Wrapped, sources: Sequence[Union[str, int]], out_dir: Union[str, Path], compare: bool = False,
@@ -200,31 +227,15 @@ def run_streams(fast: Wrapped, sources: Sequence[Union[str, int]], out_dir: Unio
     frames = sum(r["frames"] for r in per.values())
     argos_total = sum(tick_ms)
     summary: Dict[str, Any] = {
-        "streams": len(sources),
-        "frames": frames,
+        **run_header(len(sources), frames, stop.signal),
         "ticks": ticks,
-        "interrupted": stop.signal is not None,
-        "ended": f"interrupted by {stop.signal}" if stop.signal else "end of every source",
         "fps_total": 1e3 * frames / argos_total if argos_total else 0.0,
         "tick_ms": {"median": statistics.median(tick_ms) if tick_ms else 0.0,
                     "mean": statistics.mean(tick_ms) if tick_ms else 0.0},
         "config": {"proposer": type(fast.proposer).__name__, "executor": type(fast.executor).__name__,
                    "stride": stride, "limit": limit, "torch_threads": torch.get_num_threads()},
-        "errors": {str(sources[k]): msg for k, msg in srcs.errors.items()},
-        "per_stream": {},
     }
     if compare and base_ms:
         summary["baseline_fps_total"] = 1e3 * frames / sum(base_ms)
         summary["speedup"] = sum(base_ms) / argos_total
-    for k, src in enumerate(sources):
-        rec = per[k]
-        s = stream_summary(src, rec["frames"], rec["ms"], rec["area"], rec["key"], rec["ours"], rec["theirs"],
-                           compare, min_score, srcs.errors.get(k))
-        if k in lines:
-            paths[k]["json"].write_text(json.dumps(s, indent=2))
-        summary["per_stream"][str(src)] = s
-    if not frames and not stop.signal:
-        Path(out_dir, "summary.json").write_text(json.dumps(summary, indent=2))
-        raise ValueError("no stream delivered a frame: " + "; ".join(f"{sources[k]}: {m}" for k, m in srcs.errors.items()))
-    Path(out_dir, "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return finish_run(summary, sources, paths, per, srcs.errors, set(lines), compare, min_score, out_dir)
