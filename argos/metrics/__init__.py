@@ -3,7 +3,7 @@
 GFLOP counting lives in :mod:`argos.metrics.flops`.
 """
 from argos.metrics.coco_eval import detections_to_coco, evaluate_coco, map_against, reference_targets
-from argos.metrics.detection import box_iou, precision_recall, recall_vs_reference
+from argos.metrics.detection import box_iou, held_ceiling, precision_recall, recall_vs_reference
 from argos.metrics.regions import RegionStats, box_coverage, regions_detected
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "map_against",
     "reference_targets",
     "box_iou",
+    "held_ceiling",
     "precision_recall",
     "recall_vs_reference",
     "RegionStats",

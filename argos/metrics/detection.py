@@ -8,7 +8,7 @@ import torch
 
 from argos.structures import Detections
 
-__all__ = ["box_iou", "precision_recall", "recall_vs_reference"]
+__all__ = ["box_iou", "held_ceiling", "precision_recall", "recall_vs_reference"]
 
 
 def _np(x) -> np.ndarray:
@@ -185,3 +185,57 @@ def recall_vs_reference(
                 taken[j] = True
                 matched += 1
     return 1.0 if total == 0 else matched / total
+
+
+def _max_matching(allowed: np.ndarray) -> int:
+    """Size of a maximum one-to-one matching of rows to columns where ``allowed`` (Kuhn's augmenting paths)."""
+    owner = [-1] * allowed.shape[1]
+
+    def augment(r: int, seen: List[bool]) -> bool:
+        for c in np.nonzero(allowed[r])[0]:
+            if not seen[c]:
+                seen[c] = True
+                if owner[c] < 0 or augment(owner[c], seen):
+                    owner[c] = r
+                    return True
+        return False
+
+    return sum(augment(r, [False] * allowed.shape[1]) for r in range(allowed.shape[0]))
+
+
+def held_ceiling(references: Sequence[Detections], interval: int, min_score: float = 0.25) -> Dict[str, float]:
+    """Best agreement of any method that runs the detector on every ``interval``-th frame only.
+
+    Such a method (frame skipping, key frames + motion, a tracker) can only output, between key
+    frames, the key frame's detections moved. An oracle moves each of them exactly onto a
+    reference box of the frame it is held into. References (frame ``i``'s detections, key frames
+    ``0, interval, 2 * interval, ...``) and key-frame detections count at score >= ``min_score``.
+
+    Returns:
+        ``overlap``: share of references found when a key-frame detection may be placed on a
+        reference of the same label that its box overlaps (one to one, a maximum matching):
+        perfect motion for objects that moved less than their size;
+        ``count``: paired by label alone, wherever the boxes are; no such method can do better;
+        ``references``: how many there are.
+    """
+    if int(interval) != interval or interval < 1:
+        raise ValueError(f"interval must be a whole number >= 1, got {interval}")
+    kept = []
+    for d in references:
+        n = d.numpy()
+        keep = n["scores"] >= min_score
+        kept.append((n["boxes"][keep], n["labels"][keep]))
+    total = sum(len(labels) for _, labels in kept)
+    overlap = count = 0
+    for i, (boxes, labels) in enumerate(kept):
+        if i % interval == 0:
+            overlap += len(labels)
+            count += len(labels)
+            continue
+        kb, kl = kept[(i // interval) * interval]
+        for label in np.intersect1d(kl, labels):
+            a, b = kb[kl == label], boxes[labels == label]
+            count += min(len(a), len(b))
+            overlap += _max_matching(box_iou(a, b) > 0)
+    n = max(1, total)
+    return {"overlap": overlap / n, "count": count / n, "references": total}

@@ -25,6 +25,11 @@ match was last really seen, per frame, averaged with the match's own velocity. H
 keep theirs and move by it; uncertain ones are proposed where they have moved to. Frame skipping
 holds boxes still, which is what it loses on objects that move.
 
+With ``flow``, the last frame's boxes are moved by the sparse optical flow measured from that
+frame to this one (median shift of a grid of points over each box's middle, tracked forward and
+back by pyramidal Lucas-Kanade) wherever enough points track; elsewhere by their velocity. A
+velocity extrapolates; the flow measures, so it follows objects whose speed changes.
+
 With ``newcomers=False`` and ``hold_score == track_score`` nothing is proposed between key frames
 and no detector runs there: motion-compensated frame skipping. The scene-change test then reads a
 strided 160-pixel thumbnail instead of the motion gate. This is what ``argos.wrap``'s
@@ -76,6 +81,12 @@ class TemporalProposer(Proposer):
         velocity_iou: least IoU for a detection to be matched to the previous frame's.
         velocity_smoothing: weight of a track's earlier velocity against the new measurement (0: the
             last measurement alone).
+        flow: move the last frame's boxes by sparse optical flow measured from that frame to this
+            one (a grid of ``flow_points`` x ``flow_points`` points over each box's middle, pyramidal
+            Lucas-Kanade forward and back, the median shift of the points that come back), instead
+            of extrapolating their velocity. A box whose points do not track keeps its velocity.
+        flow_width: widest working size of the flow's grey frames (wider frames are scaled down).
+        flow_points: points per side of each box's grid.
     """
 
     stateful = True
@@ -98,6 +109,9 @@ class TemporalProposer(Proposer):
         velocity_iou: float = 0.3,
         newcomers: bool = True,
         velocity_smoothing: float = 0.5,
+        flow: bool = False,
+        flow_width: int = 640,
+        flow_points: int = 4,
     ) -> None:
         super().__init__(dilation=0, min_area=0, mask_mode="boxes")
         if not 0.0 <= track_score <= hold_score <= 1.0:
@@ -124,6 +138,9 @@ class TemporalProposer(Proposer):
         self.velocity, self.velocity_iou = bool(velocity), float(velocity_iou)
         self.velocity_smoothing = float(velocity_smoothing)
         self.newcomers = bool(newcomers)
+        if flow_width < 32 or int(flow_points) != flow_points or flow_points < 2:
+            raise ValueError(f"need flow_width >= 32 and a whole flow_points >= 2, got {flow_width}, {flow_points}")
+        self.flow, self.flow_width, self.flow_points = bool(flow), int(flow_width), int(flow_points)
         self.adapter = None
         self.reset()
 
@@ -148,6 +165,9 @@ class TemporalProposer(Proposer):
         self.frames = 0
         self.key_frames = 0
         self._last_gray: Optional[np.ndarray] = None
+        self._flow_gray: Optional[np.ndarray] = None  # last frame, grey, at the flow's working scale
+        #: boxes of the last frame that optical flow moved (the others fell back to their velocity)
+        self.flow_tracked = 0
         #: why each of the last frames was a key frame (``"start"``, ``"interval"``, ``"scene"``, ``"area"``) or ``None``
         self.last_reason: Optional[str] = None
 
@@ -206,13 +226,64 @@ class TemporalProposer(Proposer):
         """Per-frame centre motion (Tensor[N, 2], x and y pixels) of each detection in ``previous``."""
         return None if self._tracks is None else self._tracks[0]
 
-    def _predict(self, prev: Detections, size: Tuple[int, int]) -> torch.Tensor:
-        """``prev``'s boxes (CPU float) where they should be in this frame: moved by their velocity."""
+    def _predict(self, prev: Detections, size: Tuple[int, int], gray: Optional[np.ndarray] = None) -> torch.Tensor:
+        """``prev``'s boxes (CPU float) where they should be in this frame: moved by their velocity,
+        or by the optical flow from the last frame's grey image to ``gray`` where it tracks."""
         boxes = prev.boxes.float().cpu()
         xy = self.motion_xy
-        if not self.velocity or xy is None or len(xy) != len(boxes):
-            return boxes
-        return self._moved(boxes, xy, size)
+        xy = None if not self.velocity or xy is None or len(xy) != len(boxes) else xy
+        self.flow_tracked = 0
+        if gray is not None and self._flow_gray is not None and len(boxes):
+            shift, ok = self._flow_shift(self._flow_gray, gray, boxes, size, xy)
+            if bool(ok.any()):
+                self.flow_tracked = int(ok.sum())
+                xy = torch.where(ok[:, None], shift, xy if xy is not None else torch.zeros_like(shift))
+        return boxes if xy is None else self._moved(boxes, xy, size)
+
+    def _flow_gray_of(self, image: np.ndarray) -> np.ndarray:
+        """``image`` as uint8 grey at the flow's working scale (at most ``flow_width`` wide)."""
+        h, w = image.shape[:2]
+        gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+        if w > self.flow_width:
+            gray = cv2.resize(gray, (self.flow_width, max(1, round(h * self.flow_width / w))),
+                              interpolation=cv2.INTER_AREA)
+        return gray
+
+    def _flow_shift(self, last: np.ndarray, gray: np.ndarray, boxes: torch.Tensor, size: Tuple[int, int],
+                    guess: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Median optical-flow shift (frame pixels, Tensor[N, 2]) of each box from ``last`` to ``gray``,
+        and whether it was measured (Tensor[N] bool: at least half of the box's points came back).
+
+        Points sit on a grid over the middle half of each box (its edges are mostly background);
+        each is tracked forward, from ``guess`` when given, and back, and kept if it returns within
+        a pixel of where it started.
+        """
+        k = self.flow_points
+        sx, sy = gray.shape[1] / size[1], gray.shape[0] / size[0]
+        b = boxes.numpy().astype(np.float32) * np.array([sx, sy, sx, sy], dtype=np.float32)
+        u = 0.25 + 0.5 * (np.arange(k, dtype=np.float32) + 0.5) / k
+        gx = b[:, :1] + (b[:, 2:3] - b[:, :1]) * u[None]  # [N, k]
+        gy = b[:, 1:2] + (b[:, 3:4] - b[:, 1:2]) * u[None]
+        pts = np.stack([np.repeat(gx, k, axis=1), np.tile(gy, (1, k))], axis=-1)  # [N, k*k, 2]
+        p0 = pts.reshape(-1, 1, 2)
+        lk = dict(winSize=(15, 15), maxLevel=3,
+                  criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03))
+        if guess is not None:
+            g = guess.numpy().astype(np.float32) * np.array([sx, sy], dtype=np.float32)
+            p1 = (pts + g[:, None, :]).reshape(-1, 1, 2)
+            p1, st, _ = cv2.calcOpticalFlowPyrLK(last, gray, p0, p1.copy(), flags=cv2.OPTFLOW_USE_INITIAL_FLOW, **lk)
+        else:
+            p1, st, _ = cv2.calcOpticalFlowPyrLK(last, gray, p0, None, **lk)
+        back, st2, _ = cv2.calcOpticalFlowPyrLK(gray, last, p1, p0.copy(), flags=cv2.OPTFLOW_USE_INITIAL_FLOW, **lk)
+        good = (st.ravel() == 1) & (st2.ravel() == 1) & (np.linalg.norm((back - p0).reshape(-1, 2), axis=1) < 1.0)
+        good = good.reshape(len(b), k * k)
+        d = (p1 - p0).reshape(len(b), k * k, 2)
+        shift = np.zeros((len(b), 2), dtype=np.float32)
+        ok = good.sum(axis=1) * 2 >= k * k
+        for i in np.nonzero(ok)[0]:
+            shift[i] = np.median(d[i][good[i]], axis=0)
+        shift /= np.array([sx, sy], dtype=np.float32)
+        return torch.from_numpy(shift), torch.from_numpy(ok)
 
     def _moved(self, boxes: torch.Tensor, xy: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         """``boxes`` shifted by ``xy`` and clipped to the frame."""
@@ -287,23 +358,29 @@ class TemporalProposer(Proposer):
             gray = cv2.cvtColor(np.ascontiguousarray(image[::step, ::step]), cv2.COLOR_RGB2GRAY)
             gray = cv2.GaussianBlur(gray, (5, 5), 0).astype(np.float32)
         scene = self._scene_changed(gray)
+        fgray = self._flow_gray_of(image) if self.flow else None
         self.frames += 1
         prev = self.previous
         if prev is not None and prev.image_size != size:
             raise ValueError(f"temporal proposer got a {size} frame after {prev.image_size} frames; call reset()")
         self._held_src = torch.zeros(0, dtype=torch.long)
-        self._predicted = torch.zeros(0, 4) if prev is None else self._predict(prev, size)
         if self.since_key is None or prev is None:
-            return self._key_frame(image, t0, "start")
-        if self.since_key + 1 >= self.max_interval:
-            return self._key_frame(image, t0, "interval")
-        if scene:
-            return self._key_frame(image, t0, "scene")
+            reason: Optional[str] = "start"
+        elif self.since_key + 1 >= self.max_interval:
+            reason = "interval"
+        else:
+            reason = "scene" if scene else None
+        # a key frame's prediction only matches its fresh detections to tracks: velocity is enough
+        flow_to = fgray if reason is None else None
+        self._predicted = torch.zeros(0, 4) if prev is None else self._predict(prev, size, flow_to)
+        self._flow_gray = fgray
+        if reason is not None:
+            return self._key_frame(image, t0, reason)
         sure = prev.scores >= self.hold_score
         unsure = (~sure) & (prev.scores >= self.track_score)
         held = prev[sure]
         prev_boxes = self._predicted
-        if self.velocity:
+        if self.velocity or self.flow:
             held = Detections(prev_boxes[sure.cpu()].to(held.boxes.device), held.scores, held.labels, size,
                               masks=held.masks)
         held_src = torch.nonzero(sure).flatten().cpu()

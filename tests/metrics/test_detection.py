@@ -229,3 +229,46 @@ def test_coco128_perfect_predictions(coco128):
     predicted = {int(l) for p in half for l in p.labels}
     assert out["precision"] == pytest.approx(len(predicted) / len(gt_classes))
     assert 0.2 < out["recall"] < out["precision"]
+
+
+def test_held_ceiling_counts_what_key_frames_can_reach():
+    """Key frames 0 and 2: frame 1 keeps person A (moved but overlapping), loses person B (moved
+    off its old box: only the count ceiling reaches it) and the car (below 0.25 on the key frame);
+    frame 3 reaches two of its three persons. Counted by hand."""
+    from argos.metrics import held_ceiling
+
+    def d(boxes, scores, labels):
+        return Detections(torch.tensor(boxes, dtype=torch.float32), torch.tensor(scores), torch.tensor(labels),
+                          (100, 100))
+
+    refs = [
+        d([[0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 30, 30]], [0.9, 0.3, 0.2], [0, 0, 2]),
+        d([[5, 0, 15, 10], [80, 80, 90, 90], [20, 20, 30, 30]], [0.8, 0.6, 0.5], [0, 0, 2]),
+        d([[0, 40, 10, 50], [40, 0, 50, 10]], [0.9, 0.9], [0, 0]),
+        d([[2, 42, 12, 52], [44, 2, 54, 12], [70, 70, 80, 80]], [0.9, 0.9, 0.9], [0, 0, 0]),
+    ]
+    c = held_ceiling(refs, 2)
+    assert c["references"] == 10
+    assert c["overlap"] == pytest.approx(7 / 10)  # 2 + 1 + 2 + 2
+    assert c["count"] == pytest.approx(8 / 10)  # 2 + 2 + 2 + 2
+    assert held_ceiling(refs, 1) == {"overlap": 1.0, "count": 1.0, "references": 10}
+    with pytest.raises(ValueError, match="interval"):
+        held_ceiling(refs, 0)
+
+
+def test_max_matching_against_brute_force():
+    import itertools
+
+    from argos.metrics.detection import _max_matching
+
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        allowed = rng.random((rng.integers(0, 5), rng.integers(0, 5))) < 0.4
+        best = 0
+        rows, cols = allowed.shape
+        for perm in itertools.permutations(range(max(rows, cols)), rows) if rows <= cols else []:
+            best = max(best, sum(bool(allowed[r, c]) for r, c in enumerate(perm) if c < cols))
+        if rows > cols:  # match the other way round
+            for perm in itertools.permutations(range(rows), cols):
+                best = max(best, sum(bool(allowed[r, c]) for c, r in enumerate(perm)))
+        assert _max_matching(allowed) == best

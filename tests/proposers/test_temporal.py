@@ -188,3 +188,70 @@ def test_without_newcomers_a_scene_change_still_makes_a_key_frame():
         if props.detections is None:
             assert not props.mask.any()  # nothing is proposed between key frames: no detector runs
     assert reasons == ["start", None, "scene", None]
+
+
+def _moving_patch(xs, y=50, size=(160, 240), side=40, seed=3):
+    """Frames of a smooth textured square at x = xs[t] on a flat background, and its boxes."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    patch = cv2.GaussianBlur(rng.integers(0, 255, (side, side), dtype=np.uint8), (0, 0), 1.5)
+    frames, boxes = [], []
+    for x in xs:
+        grey = np.full(size, 120, np.uint8)
+        grey[y:y + side, x:x + side] = patch
+        frames.append(np.repeat(grey[:, :, None], 3, axis=2))
+        boxes.append([float(x), float(y), float(x + side), float(y + side)])
+    return frames, boxes
+
+
+def _run_frames(p, frames, key_boxes):
+    """Drive ``p`` over ``frames``; a key frame 'detects' key_boxes[t]; returns each frame's output boxes."""
+    t = {"now": 0}
+    p.bind(object())
+    p.detect_whole = lambda image: (_dets([key_boxes[t["now"]]], [0.9], image.shape[:2]), 1.0, 0.0)
+    out = []
+    for now, frame in enumerate(frames):
+        t["now"] = now
+        (props,) = p.propose([frame])
+        d = props.detections if props.detections is not None else props.held
+        p.observe([d])
+        out.append(d.boxes.tolist()[0])
+    return out
+
+
+def test_flow_follows_an_object_whose_speed_changes():
+    """Shifts of 4, 9, 2 and 11 px between frames, one key frame: the held box goes where the
+    patch went (its true box), which a constant velocity cannot do."""
+    xs = [20, 24, 33, 35, 46]
+    frames, truth = _moving_patch(xs)
+    opts = dict(hold_score=0.25, track_score=0.25, max_interval=10, newcomers=False)
+    got = _run_frames(TemporalProposer(flow=True, **opts), frames, truth)
+    for t in range(1, len(xs)):
+        assert got[t] == pytest.approx(truth[t], abs=0.5)
+    still = _run_frames(TemporalProposer(**opts), frames, truth)
+    assert still[-1] == truth[0]  # without flow or velocity the box never moves
+
+
+def test_flow_measures_in_frame_pixels_on_a_scaled_down_frame():
+    """flow_width below the frame's width: the shift is measured small and returned at frame scale."""
+    xs = [40, 48, 56]
+    frames, truth = _moving_patch(xs, size=(200, 400), side=60)
+    p = TemporalProposer(flow=True, flow_width=200, hold_score=0.25, track_score=0.25, max_interval=10,
+                         newcomers=False)
+    got = _run_frames(p, frames, truth)
+    assert p.flow_tracked == 1
+    assert got[1] == pytest.approx(truth[1], abs=1.0) and got[2] == pytest.approx(truth[2], abs=1.0)
+
+
+def test_flow_falls_back_to_velocity_where_nothing_can_be_tracked():
+    """A box over flat grey has no texture: no point tracks, so the box moves by its velocity."""
+    flat = [np.full((160, 240, 3), 120, np.uint8)] * 4
+    truth = [[20.0, 50.0, 60.0, 90.0], None, [32.0, 50.0, 72.0, 90.0], None]
+    p = TemporalProposer(flow=True, velocity=True, hold_score=0.25, track_score=0.25, max_interval=2,
+                         newcomers=False)
+    got = _run_frames(p, flat, truth)
+    assert p.flow_tracked == 0
+    assert got[3] == [38.0, 50.0, 78.0, 90.0]  # (32 - 20) / 2 frames = 6 px a frame, by velocity
+    with pytest.raises(ValueError, match="flow_points"):
+        TemporalProposer(flow_points=1)
