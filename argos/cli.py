@@ -106,12 +106,13 @@ def cmd_demo(args) -> int:
     from argos.tools.demo import format_rows, run_demo
 
     try:
-        result = run_demo(args.out, limit=args.limit, threads=args.threads, progress=not args.no_progress)
+        result = run_demo(args.out, limit=args.limit, threads=args.threads, progress=not args.no_progress,
+                          calibrate_frames=args.calibrate_frames)
     except AssetMissing as err:
         print(f"argos demo: {err}", file=sys.stderr)
         return 2
     s = result["summary"]
-    print(format_rows(result["rows"], s["frames"], args.threads, 640))
+    print(format_rows(result["rows"], s, args.threads, 640))
     for what, path in result["files"].items():
         print(f"wrote {path}")
     return 130 if s["interrupted"] else 0
@@ -167,6 +168,8 @@ def cmd_run(args) -> int:
 
         if args.out_dir is None:
             raise ValueError(f"{len(sources)} sources: give --out-dir DIR for their per-stream outputs")
+        if args.start:
+            raise ValueError("--start is for one source; several streams start at their first frame")
         if args.detections or args.json or (args.out not in (None, PER_STREAM)):
             raise ValueError("with several sources, outputs go under --out-dir (DIR/<stem>.jsonl, .json, and .mp4 "
                              "with a bare --out); --detections, --json and --out PATH are for one source")
@@ -224,8 +227,9 @@ def cmd_run(args) -> int:
         return _print_many(s, args)
     if multi:
         return _run_many(fast, args)
-    cfg = RunConfig(source=args.source, out_video=args.out, detections=detections, summary=args.json,
-                    compare=args.compare, stride=args.stride, limit=args.limit, classes=args.classes)
+    cfg = RunConfig(source=args.source, start=args.start, out_video=args.out, detections=detections,
+                    summary=args.json, compare=args.compare, stride=args.stride, limit=args.limit,
+                    classes=args.classes)
     summary = run_stream(fast, cfg, progress=not args.no_progress)
     line = (f"{summary['frames']} frames | {summary['fps']:.1f} fps | teacher fraction {summary['teacher_fraction']:.3f}"
             f" | area processed {summary['area_processed']:.3f} | median ms {summary['latency_ms']['median']:.1f}"
@@ -319,7 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("demo", help="the bundled street video through yolov5n, argos beside the unwrapped detector "
                                     "and frame skipping (assets: ARGOS_ASSETS, default ../shared)")
-    p.add_argument("--limit", type=positive_int, default=None, help="first N frames (default: all 795; --coco: 32)")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="frames of the run, after the calibration's (default: the rest of the video; --coco: 32)")
+    p.add_argument("--calibrate-frames", type=nonnegative_int, default=150,
+                   help="first frames to calibrate on; the run starts after them (0: no calibration, the default "
+                        "configuration from frame 0)")
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--out", default="outputs", help="output folder (default: outputs/)")
     p.add_argument("--coco", action="store_true", help="the earlier demo: oracle + masked on the COCO photos")
@@ -358,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", action="store_true", help="also run the unwrapped detector on every frame")
     p.add_argument("--classes", nargs="+", default=None, help="classes scored by --compare")
     p.add_argument("--stride", type=positive_int, default=1)
+    p.add_argument("--start", type=nonnegative_int, default=0,
+                   help="first frame of one source (e.g. after the frames a calibration used)")
     p.add_argument("--limit", type=positive_int, default=None)
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--no-progress", action="store_true")

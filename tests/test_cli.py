@@ -77,11 +77,20 @@ def test_video_demo_writes_everything_it_prints(assets, yolov5n_weights, tmp_pat
     from argos.metrics.detection import recall_vs_reference
     from argos.tools.pareto import skip_point
 
-    assert main(["demo", "--limit", "12", "--out", str(tmp_path), "--no-progress"]) == 0
+    # Calibrate on frames 0-31 (the least a calibration takes), then run frames 32-43.
+    assert main(["demo", "--calibrate-frames", "32", "--limit", "12", "--out", str(tmp_path), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     summary = json.loads((tmp_path / "demo.json").read_text())
-    assert summary["frames"] == 12 and 0.0 <= summary["agreement"] <= 1.0 and summary["speedup"] > 0
+    assert summary["frames"] == 12 and summary["start"] == 32
+    assert 0.0 <= summary["agreement"] <= 1.0 and summary["speedup"] > 0
     assert f"{summary['speedup']:.2f}x" in printed and f"{summary['agreement']:.3f}" in printed
+    assert "frames 32-43 (held out from the calibration)" in printed
+    # The run used what the calibration file says, and the default ran beside it.
+    from argos.calibration import load_calibration
+
+    cal = load_calibration(tmp_path / "demo_calibration.json")
+    assert summary["calibration"]["config"] == cal.report["chosen"]["params"]["config"] in printed
+    assert cal.report["frames"] == 30 and 0.0 <= summary["default"]["agreement"] <= 1.0
     lines = (tmp_path / "demo.jsonl").read_text().splitlines()
     assert len(lines) == 12
     cap = cv2.VideoCapture(str(tmp_path / "demo.mp4"))
@@ -98,10 +107,14 @@ def test_video_demo_writes_everything_it_prints(assets, yolov5n_weights, tmp_pat
     from argos.wrap import build_adapter
 
     adapter = build_adapter(str(yolov5n_weights), img_size=640, conf=0.25)
-    refs = [adapter.predict([f])[0] for _, f in VideoReader(assets / "data/video/pets2009_s2l1_480x360.avi", limit=12)]
+    refs = [adapter.predict([f])[0]
+            for _, f in VideoReader(assets / "data/video/pets2009_s2l1_480x360.avi", start=32, limit=12)]
     want = recall_vs_reference(skip_point(refs, 2), refs)
     skip2 = next(r for r in summary["alternatives"] if r["method"] == "skip: 1 frame in 2")
     assert skip2["agreement"] == pytest.approx(want, abs=1e-9)
+    # Too few frames to calibrate on is refused before anything runs.
+    assert main(["demo", "--calibrate-frames", "10", "--out", str(tmp_path / "short"), "--no-progress"]) != 0
+    assert "calibrate_frames must be 0 or >= 32" in capsys.readouterr().err
 
 
 def test_bench_on_video_against_full_frame(assets, yolov5n_weights, tmp_path):
@@ -146,3 +159,14 @@ def test_export_forwards_to_qunet(tmp_path, capsys):
     out = tmp_path / "q.onnx"
     assert main(["export", "qunet", "--weights", "qunet-street", "--onnx", str(out)]) == 0
     assert out.stat().st_size > 10_000
+
+
+def test_video_demo_without_calibration_runs_the_default_from_frame_0(assets, yolov5n_weights, tmp_path, capsys):
+    if not (assets / "data/video/pets2009_s2l1_480x360.avi").is_file():
+        pytest.skip("PETS video missing")
+    assert main(["demo", "--calibrate-frames", "0", "--limit", "4", "--out", str(tmp_path), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((tmp_path / "demo.json").read_text())
+    assert summary["start"] == 0 and summary["frames"] == 4
+    assert "calibration" not in summary and "default" not in summary
+    assert "argos (auto: key frames + motion)" in printed and not (tmp_path / "demo_calibration.json").exists()

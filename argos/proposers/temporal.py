@@ -111,7 +111,7 @@ class TemporalProposer(Proposer):
         velocity_smoothing: float = 0.5,
         flow: bool = False,
         flow_width: int = 640,
-        flow_points: int = 4,
+        flow_points: int = 3,
     ) -> None:
         super().__init__(dilation=0, min_area=0, mask_mode="boxes")
         if not 0.0 <= track_score <= hold_score <= 1.0:

@@ -35,8 +35,9 @@ GRID = (
     "auto+auto:p.max_interval=3",
     "auto+auto:p.max_interval=4",
     # the same with the held boxes moved by optical flow instead of their velocity
-    "auto+auto:p.max_interval=3,p.flow=true,p.flow_points=3",
-    "auto+auto:p.max_interval=4,p.flow=true,p.flow_points=3",
+    "auto+auto:p.flow=true",
+    "auto+auto:p.max_interval=3,p.flow=true",
+    "auto+auto:p.max_interval=4,p.flow=true",
     # the same, plus the detector on moving regions that no held box covers (newcomers)
     "auto+auto:p.newcomers=true,p.motion_min_area=1024",
     # uncertain detections and newcomers looked at again between key frames

@@ -45,6 +45,8 @@ class RunConfig:
     """Where ``run_stream`` reads and writes."""
 
     source: Union[str, int]
+    #: first frame read (frames before it are skipped: e.g. the ones a calibration used)
+    start: int = 0
     out_video: Optional[str] = None
     detections: Optional[str] = None
     summary: Optional[str] = None
@@ -132,7 +134,7 @@ def run_stream(fast: Wrapped, cfg: RunConfig, progress: bool = True, min_score: 
 
     source = int(cfg.source) if isinstance(cfg.source, str) and cfg.source.isdigit() else cfg.source
     check_outputs([source], [cfg.detections, cfg.summary], [cfg.out_video])
-    reader = VideoReader(source, stride=cfg.stride, limit=cfg.limit)
+    reader = VideoReader(source, start=cfg.start, stride=cfg.stride, limit=cfg.limit)
     adapter, names = fast.adapter, fast.adapter.names
     keep_labels = adapter.class_ids(cfg.classes)
     fast.proposer.reset()
@@ -235,6 +237,7 @@ def run_stream(fast: Wrapped, cfg: RunConfig, progress: bool = True, min_score: 
     argos_med, argos_mean = _median(times["argos"]), _mean(times["argos"])
     summary: Dict[str, Any] = {
         "source": str(cfg.source),
+        "start": int(cfg.start),
         "frames": frames,
         "interrupted": stop.signal is not None,
         "ended": ended,

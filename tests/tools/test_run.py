@@ -55,6 +55,18 @@ def test_run_writes_detections_summary_and_video(clip, yolov5n_weights, tmp_path
     assert "speedup" in capsys.readouterr().out
 
 
+def test_run_from_a_later_frame(clip, yolov5n_weights, tmp_path, capsys):
+    """--start 10 --limit 4: frames 10-13, numbered as in the video; refused with several sources."""
+    summary = tmp_path / "s.json"
+    assert main(["run", str(clip), "--weights", str(yolov5n_weights), "--start", "10", "--limit", "4",
+                 "--json", str(summary), "--no-progress"]) == 0
+    assert json.loads(summary.read_text())["start"] == 10
+    assert [r["frame"] for r in _lines(summary.with_suffix(".jsonl"))] == [10, 11, 12, 13]
+    assert main(["run", str(clip), str(clip), "--weights", str(yolov5n_weights), "--start", "3",
+                 "--out-dir", str(tmp_path / "many"), "--no-progress"]) != 0
+    assert "--start is for one source" in capsys.readouterr().err
+
+
 def test_run_on_truncated_video_keeps_decoded_frames(clip, yolov5n_weights, tmp_path):
     data = clip.read_bytes()
     cut = tmp_path / "cut.avi"
