@@ -112,6 +112,12 @@ def test_video_demo_writes_everything_it_prints(assets, yolov5n_weights, tmp_pat
     want = recall_vs_reference(skip_point(refs, 2), refs)
     skip2 = next(r for r in summary["alternatives"] if r["method"] == "skip: 1 frame in 2")
     assert skip2["agreement"] == pytest.approx(want, abs=1e-9)
+    # The lower input size beside it, recomputed the same way.
+    small = build_adapter(str(yolov5n_weights), img_size=512, conf=0.25)
+    lows = [small.predict([f])[0]
+            for _, f in VideoReader(assets / "data/video/pets2009_s2l1_480x360.avi", start=32, limit=12)]
+    low = next(r for r in summary["alternatives"] if r["method"] == "unwrapped yolov5n at 512 px")
+    assert low["agreement"] == pytest.approx(recall_vs_reference(lows, refs), abs=1e-9) and low["area"] == pytest.approx(0.64)
     # Too few frames to calibrate on is refused before anything runs.
     assert main(["demo", "--calibrate-frames", "10", "--out", str(tmp_path / "short"), "--no-progress"]) != 0
     assert "calibrate_frames must be 0 or >= 32" in capsys.readouterr().err

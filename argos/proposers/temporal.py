@@ -280,8 +280,8 @@ class TemporalProposer(Proposer):
         d = (p1 - p0).reshape(len(b), k * k, 2)
         shift = np.zeros((len(b), 2), dtype=np.float32)
         ok = good.sum(axis=1) * 2 >= k * k
-        for i in np.nonzero(ok)[0]:
-            shift[i] = np.median(d[i][good[i]], axis=0)
+        if ok.any():  # median over each box's points that came back (each such box has at least half)
+            shift[ok] = np.nanmedian(np.where(good[ok][..., None], d[ok], np.nan), axis=1)
         shift /= np.array([sx, sy], dtype=np.float32)
         return torch.from_numpy(shift), torch.from_numpy(ok)
 

@@ -7,9 +7,9 @@ The PETS 2009 S2L1 video (a fixed camera, small people) through the trained yolo
    fastest that agrees >= 0.97 with the unwrapped detector there. Its cost is printed apart;
 2. **run** the frames after them, held out from the calibration, with the configuration it chose
    (``argos run --calibration``), next to the unwrapped detector (``--compare``) and the default
-   configuration of ``argos run`` (``proposer="auto", executor="auto"``), all three on every frame.
-   Frame skipping, the trick every user knows, is computed from the unwrapped detector's own
-   outputs and times and printed beside them.
+   configuration of ``argos run`` (``proposer="auto", executor="auto"``) and the unwrapped detector
+   at a lower input size (512), all four on every frame. Frame skipping, the trick every user
+   knows, is computed from the unwrapped detector's own outputs and times and printed beside them.
 
 ``calibrate_frames=0`` skips step 1: the run starts at frame 0 with the default configuration.
 
@@ -22,12 +22,13 @@ Writes into ``out`` (default ``outputs/``):
 - ``demo_calibration.json``: the calibration file (``argos run --calibration`` reads it);
 - ``demo_side_by_side.png``: one frame, unwrapped (left) and argos (right);
 - ``demo_timeline.png``: per-frame latency of both, and the area argos processed;
-- ``demo_pareto.png``: agreement against speedup for argos, the unwrapped detector and
-  skipping 2/3/4 frames.
+- ``demo_pareto.png``: agreement against speedup for argos, the unwrapped detector, the lower
+  input size and skipping 2/3/4 frames.
 """
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -46,12 +47,14 @@ DEMO_GRID = ("auto+auto", "auto+auto:p.flow=true", "auto+auto:p.newcomers=true,p
 
 def run_demo(out: str = "outputs", limit: Optional[int] = None, threads: int = 2, img_size: int = 640,
              progress: bool = True, still_frame: int = 300,
-             calibrate_frames: int = CALIBRATE_FRAMES) -> Dict[str, Any]:
+             calibrate_frames: int = CALIBRATE_FRAMES, lower_size: Optional[int] = 512) -> Dict[str, Any]:
     """Run the demo; returns ``{"summary", "rows", "files"}`` (rows as printed by :func:`format_rows`).
 
     Args:
         limit: frames of the run (after the calibration's), at most.
         calibrate_frames: frames calibrated on first (0: none, the default configuration runs).
+        lower_size: the unwrapped detector also runs at this lower input size on every frame, as the
+            cheap alternative a user knows (``None``: not run).
 
     Raises:
         argos.assets.AssetMissing: the video or the weights are not on this machine (the message
@@ -62,9 +65,8 @@ def run_demo(out: str = "outputs", limit: Optional[int] = None, threads: int = 2
 
     from argos.assets import asset_path
     from argos.data.video import VideoReader
-    from argos.metrics.detection import recall_vs_reference
     from argos.tools.calibrate import MIN_FRAMES, calibrate
-    from argos.tools.pareto import plot_pareto, skip_points
+    from argos.tools.pareto import measured_point, plot_pareto, skip_points
     from argos.tools.run import RunConfig, run_stream
     from argos.viz import caption, draw_overlay
     from argos.wrap import build_adapter, wrap
@@ -95,6 +97,10 @@ def run_demo(out: str = "outputs", limit: Optional[int] = None, threads: int = 2
     default_dets: List = []
     default_ms: List[float] = []
     default_area: List[float] = []
+    default_prop: List[float] = []
+    lower = build_adapter(str(weights), img_size=lower_size, conf=0.25) if lower_size else None
+    lower_dets: List = []
+    lower_ms: List[float] = []
     still: Dict[str, Any] = {}
 
     def keep(index, frame, dets, base, proposals):
@@ -103,6 +109,11 @@ def run_demo(out: str = "outputs", limit: Optional[int] = None, threads: int = 2
             default_dets.append(default(frame))
             default_ms.append(default.last_stats.total_ms)
             default_area.append(default.last_stats.area_processed)
+            default_prop.append(default.last_stats.proposer_ms)
+        if lower is not None:
+            t0 = time.perf_counter()
+            lower_dets.append(lower.predict([frame])[0])
+            lower_ms.append((time.perf_counter() - t0) * 1e3)
         # The still: the first frame from ``still_frame`` on that is not a key frame (which would
         # show the whole frame processed); the first frame until then.
         if not still or (not still.get("final") and index >= still_frame and proposals.area_fraction < 0.9):
@@ -117,42 +128,41 @@ def run_demo(out: str = "outputs", limit: Optional[int] = None, threads: int = 2
     if cal is not None:
         rep = cal.report
         label = "argos, calibrated"
-        summary["calibration"] = {"config": rep["chosen"]["params"]["config"], "start": 0, "frames": rep["frames"], "seconds": rep["seconds"],
-                                  "speedup": rep["chosen"]["speedup"], "agreement": rep["chosen"]["agreement"],
-                                  "file": files["calibration"]}
-    rows = [{"method": "unwrapped yolov5n", "fps": summary["baseline_fps"], "speedup": 1.0, "agreement": 1.0,
-             "area": 1.0},
-            {"method": label, "fps": summary["fps"], "speedup": summary["speedup"],
-             "agreement": summary["agreement"], "area": summary["area_processed"]}]
+        summary["calibration"] = {"config": rep["chosen"]["params"]["config"], "start": 0,
+                                  "frames": rep["frames"] + rep["warmup"], "scored_frames": rep["frames"],
+                                  "seconds": rep["seconds"], "speedup": rep["chosen"]["speedup"],
+                                  "agreement": rep["chosen"]["agreement"], "file": files["calibration"]}
     points = [{"method": "baseline", "params": {"img_size": img_size}, "agreement": 1.0, "map50_vs_baseline": 1.0,
                "fps": summary["baseline_fps"], "speedup": 1.0, "area": 1.0, "proposer_ms": 0.0},
               {"method": "argos", "params": {"config": "calibrated" if cal is not None else "argos default"},
                "agreement": summary["agreement"], "map50_vs_baseline": summary["map50_vs_baseline"],
                "fps": summary["fps"], "speedup": summary["speedup"], "area": summary["area_processed"],
                "proposer_ms": summary["latency_ms"]["proposer"]}]
+    names = ["unwrapped yolov5n", label]
     if default is not None and n:
-        d_ms = default_ms[:n]
-        d = {"method": "argos (auto: key frames + motion)", "fps": 1e3 * n / sum(d_ms),
-             "speedup": sum(base_ms) / sum(d_ms), "agreement": recall_vs_reference(default_dets[:n], theirs[:n]),
-             "area": float(np.mean(default_area[:n]))}
-        rows.append(d)
-        summary["default"] = {k: d[k] for k in ("fps", "speedup", "agreement")}
-        points.append({"method": "argos", "params": {"config": "argos default"}, "agreement": d["agreement"],
-                       "map50_vs_baseline": float("nan"), "fps": d["fps"], "speedup": d["speedup"],
-                       "area": d["area"], "proposer_ms": float("nan")})
+        d = measured_point("argos", {"config": "argos default"}, default_dets[:n], theirs[:n], default_ms[:n],
+                           base_ms, default_area[:n], default_prop[:n]).as_dict()
+        summary["default"] = {k: d[k] for k in ("fps", "speedup", "agreement", "map50_vs_baseline", "area")}
+        points.append(d)
+        names.append("argos (auto: key frames + motion)")
+    if lower is not None and n:
+        area = (lower_size / img_size) ** 2
+        points.append(measured_point("resolution", {"img_size": lower_size}, lower_dets[:n], theirs[:n],
+                                     lower_ms[:n], base_ms, [area] * n).as_dict())
+        names.append(f"unwrapped yolov5n at {lower_size} px")
     for p in skip_points(theirs, base_ms, (2, 3, 4)):
-        p = p.as_dict()
-        rows.append({"method": f"skip: 1 frame in {p['params']['every']}", "fps": p["fps"], "speedup": p["speedup"],
-                     "agreement": p["agreement"], "area": p["area"]})
-        points.append(p)
+        points.append(p.as_dict())
+        names.append(f"skip: 1 frame in {p.params['every']}")
+    rows = [{"method": name, **{k: p[k] for k in ("fps", "speedup", "agreement", "area")}}
+            for name, p in zip(names, points)]
     summary["alternatives"] = rows[2:]
     Path(cfg.summary).write_text(json.dumps(summary, indent=2))
 
     files.update(video=cfg.out_video, summary=cfg.summary, detections=cfg.detections)
-    names = fast.adapter.names
-    left = caption(draw_overlay(still["frame"], None, still["base"], names), f"unwrapped yolov5n, frame {still['index']}")
+    classes = fast.adapter.names
+    left = caption(draw_overlay(still["frame"], None, still["base"], classes), f"unwrapped yolov5n, frame {still['index']}")
     # argos's boxes in green, the unwrapped detector's thin red ones beneath: a miss shows red alone.
-    right = caption(draw_overlay(still["frame"], still["proposals"], still["dets"], names, baseline=still["base"]),
+    right = caption(draw_overlay(still["frame"], still["proposals"], still["dets"], classes, baseline=still["base"]),
                     f"argos: processed area {still['proposals'].area_fraction:.2f} (dimmed: skipped)")
     side = np.concatenate([left, np.full((left.shape[0], 6, 3), 255, np.uint8), right], axis=1)
     files["side_by_side"] = str(out_dir / "demo_side_by_side.png")
@@ -195,7 +205,7 @@ def format_rows(rows: List[Dict[str, Any]], summary: Dict[str, Any], threads: in
     lines = []
     cal = summary.get("calibration")
     if cal:
-        lines.append(f"calibration on frames 0-{cal['frames'] + 1} (no labels, {cal['seconds']:.0f} s): chose "
+        lines.append(f"calibration on frames 0-{cal['frames'] - 1} (no labels, {cal['seconds']:.0f} s): chose "
                      f"{cal['config']}, {cal['speedup']:.2f}x at agreement {cal['agreement']:.3f} there")
     lines += [f"PETS 2009 S2L1 (480x360), frames {start}-{start + frames - 1}"
               + (" (held out from the calibration)" if cal else "") + f", yolov5n @ {img_size}, {threads} threads; "

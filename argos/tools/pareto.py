@@ -27,7 +27,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from argos.structures import Detections
 
-__all__ = ["ArgosConfig", "ParetoPoint", "parse_argos_config", "default_sizes", "skip_point", "run_pareto",
+__all__ = ["ArgosConfig", "ParetoPoint", "parse_argos_config", "default_sizes", "skip_point", "measured_point",
+           "run_pareto",
            "pareto_table", "plot_pareto"]
 
 METHODS = ("baseline", "argos", "skip", "resolution", "small_model")
@@ -126,6 +127,18 @@ def skip_points(refs: Sequence[Detections], base_ms: Sequence[float], skips: Seq
         points.append(ParetoPoint("skip", {"every": int(k)}, agreement, map50, 1e3 * n / t, base_total / t,
                                   len(range(0, n, k)) / n, 0.0))
     return points
+
+
+def measured_point(method: str, params: Dict[str, Any], outs: Sequence[Detections], refs: Sequence[Detections],
+                   ms: Sequence[float], base_ms: Sequence[float], area: Sequence[float],
+                   proposer_ms: Sequence[float] = ()) -> ParetoPoint:
+    """A method's point from its per-frame outputs, times (ms), areas and proposer times, beside the
+    baseline's outputs ``refs`` and times ``base_ms`` on the same frames (throughput speedup)."""
+    n = len(refs)
+    agreement, map50 = _score(list(outs), list(refs))
+    t = sum(ms)
+    return ParetoPoint(method, params, agreement, map50, 1e3 * n / t, sum(base_ms) / t, sum(area) / n,
+                       sum(proposer_ms) / n if proposer_ms else 0.0)
 
 
 def _score(cands: List[Detections], refs: List[Detections]) -> Tuple[float, float]:
@@ -237,10 +250,7 @@ def run_pareto(
     points = [ParetoPoint("baseline", {"img_size": ref_size}, 1.0, 1.0, 1e3 * n / base_total, 1.0, 1.0, 0.0)]
     points += skip_points(refs, base_ms, skips)
     for j, (kind, params, _) in enumerate(methods):
-        agreement, map50 = _score(outs[j], refs)
-        t = sum(ms[j])
-        points.append(ParetoPoint(kind, params, agreement, map50, 1e3 * n / t, base_total / t,
-                                  sum(area[j]) / n, sum(prop_ms[j]) / n if prop_ms[j] else 0.0))
+        points.append(measured_point(kind, params, outs[j], refs, ms[j], base_ms, area[j], prop_ms[j]))
     return {"frames": n, "warmup": warmup, "baseline_ms_median": sorted(base_ms)[n // 2],
             "points": [p.as_dict() for p in points]}
 
